@@ -1,0 +1,1 @@
+"""Timing and memory benchmarks of maml_jax, including the PyTorch comparison."""

@@ -1,0 +1,77 @@
+"""maml_jax: multi-step MAML and its Hessian-free variants in JAX.
+
+Ji, Yang, Liang, "Multi-Step Model-Agnostic Meta-Learning: Convergence and
+Improved Algorithms" (arXiv 2002.07836). The contract with a model is one
+function, ``loss_fn(params, batch) -> scalar``.
+"""
+
+from maml_jax._src.base import EstimatorAux
+from maml_jax._src.base import HvpOracle
+from maml_jax._src.base import MetaEstimator
+from maml_jax._src.base import PerStep
+from maml_jax._src.base import Sampled
+from maml_jax._src.base import Task
+from maml_jax._src.estimators import estimator
+from maml_jax._src.estimators import fo_maml
+from maml_jax._src.estimators import ggs_maml
+from maml_jax._src.estimators import hf_maml
+from maml_jax._src.estimators import maml
+from maml_jax._src.estimators import zo_maml
+from maml_jax._src.inner import adapt
+from maml_jax._src.meta import meta_gradient
+from maml_jax._src.meta import MetaAux
+from maml_jax._src.meta import num_tasks
+from maml_jax._src.meta import shard_tasks
+from maml_jax._src.meta import task_mesh
+from maml_jax._src.oracles import exact_hvp
+from maml_jax._src.oracles import fd_hvp
+from maml_jax._src.oracles import gaussian_directions
+from maml_jax._src.oracles import ggs_hvp
+from maml_jax._src.oracles import no_hvp
+from maml_jax._src.oracles import task_keys
+from maml_jax._src.oracles import TaskKeys
+from maml_jax._src.oracles import zo_hvp
+from maml_jax._src.training import init_train_state
+from maml_jax._src.training import iteration_keys
+from maml_jax._src.training import make_fused_train
+from maml_jax._src.training import make_train_step
+from maml_jax._src.training import TrainState
+
+__version__ = '0.1.0'
+
+ESTIMATORS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
+
+__all__ = (
+    'ESTIMATORS',
+    'EstimatorAux',
+    'HvpOracle',
+    'MetaAux',
+    'MetaEstimator',
+    'PerStep',
+    'Sampled',
+    'Task',
+    'TaskKeys',
+    'TrainState',
+    'adapt',
+    'estimator',
+    'exact_hvp',
+    'fd_hvp',
+    'fo_maml',
+    'gaussian_directions',
+    'ggs_hvp',
+    'ggs_maml',
+    'hf_maml',
+    'init_train_state',
+    'iteration_keys',
+    'make_fused_train',
+    'make_train_step',
+    'maml',
+    'meta_gradient',
+    'no_hvp',
+    'num_tasks',
+    'shard_tasks',
+    'task_keys',
+    'task_mesh',
+    'zo_hvp',
+    'zo_maml',
+)

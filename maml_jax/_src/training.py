@@ -1,0 +1,110 @@
+"""Meta-training with Optax: a jitted step, and many steps fused in one scan."""
+
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from maml_jax._src import base
+from maml_jax._src import meta
+from maml_jax._src import validation
+
+
+class TrainState(NamedTuple):
+  """Meta-training state: meta parameters, optimizer state, iteration count."""
+  params: base.Params
+  opt_state: optax.OptState
+  iteration: chex.Array
+
+
+def init_train_state(params: base.Params,
+                     optimizer: optax.GradientTransformation) -> TrainState:
+  """A ``TrainState`` at iteration 0."""
+  return TrainState(params=params, opt_state=optimizer.init(params),
+                    iteration=jnp.zeros((), jnp.int32))
+
+
+def iteration_keys(key: chex.PRNGKey, iteration) -> tuple[chex.PRNGKey, chex.PRNGKey]:
+  """(task-sampling key, estimator key) of meta-iteration ``iteration``.
+
+  Deriving them from (key, iteration) alone makes a resumed run draw exactly
+  the tasks and directions an uninterrupted run would.
+  """
+  k_tasks, k_est = jax.random.split(jax.random.fold_in(key, iteration))
+  return k_tasks, k_est
+
+
+def _train_step(est, optimizer):
+
+  def step(state: TrainState, tasks: base.Task, key: chex.PRNGKey):
+    grads, aux = meta.meta_gradient(est, state.params, tasks, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # No finite task at all: keep the old parameters and optimizer state.
+    ok = aux.num_nonfinite < meta.num_tasks(tasks)
+    params = optax.tree.where(ok, params, state.params)
+    opt_state = optax.tree.where(ok, opt_state, state.opt_state)
+    metrics = {
+        'loss_before': aux.query_loss_before,
+        'loss_after': aux.query_loss_after,
+        'grad_norm': optax.tree.norm(grads),
+        'num_nonfinite': aux.num_nonfinite,
+    }
+    return TrainState(params, opt_state, state.iteration + 1), metrics
+
+  return step
+
+
+def make_train_step(est: base.MetaEstimator,
+                    optimizer: optax.GradientTransformation, *,
+                    jit: bool = True):
+  """One meta-iteration: mean meta-gradient over the task batch, Optax update.
+
+  Args:
+    est: a per-task estimator.
+    optimizer: any ``optax.GradientTransformation`` (the outer update, eq. 7
+      with ``optax.sgd(beta)``).
+    jit: return the step ``jax.jit``-compiled.
+
+  Returns:
+    ``step(state, tasks, key) -> (state, metrics)`` with scalar metrics
+    'loss_before', 'loss_after' (mean query losses before/after adaptation),
+    'grad_norm' and 'num_nonfinite'. When every task's meta-gradient is
+    non-finite the update is skipped (and reported).
+  """
+  validation.check_callable(est, 'est')
+  step = _train_step(est, optimizer)
+  return jax.jit(step) if jit else step
+
+
+def make_fused_train(est: base.MetaEstimator,
+                     optimizer: optax.GradientTransformation,
+                     sample_tasks: Callable[[chex.PRNGKey], base.Task],
+                     num_iterations: int, *, jit: bool = True):
+  """``num_iterations`` meta-iterations in one compiled ``lax.scan``.
+
+  Tasks are drawn on device by ``sample_tasks(key) -> Task`` (leading task
+  axis), so there is no host round-trip per iteration. Iteration i uses
+  ``iteration_keys(key, state.iteration)``: a fused run equals a loop of
+  ``make_train_step`` calls fed the same tasks and keys, and a resumed run
+  equals an uninterrupted one.
+
+  Returns:
+    ``run(state, key) -> (state, metrics)``, metrics stacked over iterations.
+  """
+  validation.check_callable(sample_tasks, 'sample_tasks')
+  num_iterations = validation.check_positive_int(num_iterations,
+                                                 'num_iterations')
+  step = _train_step(est, optimizer)
+
+  def run(state: TrainState, key: chex.PRNGKey):
+
+    def body(state, _):
+      k_tasks, k_est = iteration_keys(key, state.iteration)
+      return step(state, sample_tasks(k_tasks), k_est)
+
+    return jax.lax.scan(body, state, None, length=num_iterations)
+
+  return jax.jit(run) if jit else run

@@ -1,0 +1,147 @@
+r"""Rank-one matrix factorization (paper section 5.1, Figure 1).
+
+Task i: z_i ~ N(0, sigma_i^2 I_d), sigma_i ~ U(0, 0.1); loss
+l_i(w) = (1/4) ||w w^T - z_i z_i^T||_F^2 with w in R^d (the matrix loss, not
+the authors' (1/4)(|w|^2 - |z|^2)^2, SPEC section 5). Every meta-iteration
+draws fresh tasks, each with an independent support and query draw; the
+meta-test loss is the query loss after N inner steps on a fixed set of
+held-out tasks, i.e. the meta objective L(w) of eq. (2).
+
+Defaults are the authors' settings: d = 20, N = 3, alpha = 0.01, SGD meta lr
+3e-3, b = 10, delta = 1e-2, 10 tasks per meta-iteration, 2000
+meta-iterations, 3 seeds.
+
+  python -m experiments.matrix_factorization --workdir=/tmp/mf
+  python -m experiments.matrix_factorization --quick     # ~1 minute
+  python -m experiments.matrix_factorization --sweep     # paper's lr/delta grid
+"""
+
+import functools
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+from experiments import common
+from experiments import models
+from experiments import plotting
+from experiments import tasks as task_lib
+
+NAME = 'matrix_factorization'
+DEFAULTS = dict(
+    num_inner_steps=3,
+    inner_lr=0.01,
+    meta_lr=3e-3,
+    meta_optimizer='sgd',
+    num_directions=10,
+    delta=1e-2,
+    tasks_per_batch=10,
+    num_iterations=2000,
+    eval_every=100,
+    sweep_meta_lrs=['1e-3', '3e-3', '1e-2', '3e-2'],
+)
+# --quick: a short real comparison for the README (all four algorithms).
+QUICK = dict(num_iterations=500, eval_every=50)
+
+common.define_training_flags()
+flags.DEFINE_integer('dim', task_lib.MF_DIM, 'd, the dimension of w and z.')
+flags.DEFINE_integer('num_samples', 1,
+                     'Draws of z per support/query batch (the loss averages '
+                     'over them).')
+flags.DEFINE_integer('num_test_tasks', 1000,
+                     'Fixed held-out tasks of the meta-test loss.')
+flags.DEFINE_integer('eval_seed', 12345,
+                     'Seed of the fixed held-out test and validation tasks.')
+flags.DEFINE_boolean('quick', False,
+                     'Short run (%d meta-iterations, evaluation every %d) '
+                     'unless --num_iterations/--eval_every are given.'
+                     % (QUICK['num_iterations'], QUICK['eval_every']))
+FLAGS = flags.FLAGS
+
+
+def held_out_loss(params, tasks, *, inner_lr, num_inner_steps):
+  """Mean query loss over ``tasks`` before and after N inner steps."""
+  def one(support, query):
+    adapted, _ = common.mj.adapt(models.mf_loss, params, support,
+                                 inner_lr=inner_lr, num_steps=num_inner_steps)
+    return models.mf_loss(params, query), models.mf_loss(adapted, query)
+  before, after = jax.vmap(one)(tasks.support, tasks.query)
+  return jnp.mean(before), jnp.mean(after)
+
+
+def make_problem(cfg, *, dim, num_samples, num_test_tasks, eval_seed):
+  """The ``common.Problem`` of rank-one matrix factorization."""
+  sample = functools.partial(task_lib.matrix_factorization_tasks, dim=dim,
+                             num_samples=num_samples)
+  k_test, k_val = jax.random.split(jax.random.PRNGKey(eval_seed))
+  test_tasks = sample(k_test, num_test_tasks)
+  val_tasks = sample(k_val, num_test_tasks)
+
+  def evaluate(params, *, inner_lr):
+    before, after = held_out_loss(params, test_tasks, inner_lr=inner_lr,
+                                  num_inner_steps=cfg.num_inner_steps)
+    return {'test_loss': after, 'test_loss_before': before}
+
+  def validate(params, *, inner_lr):
+    return held_out_loss(params, val_tasks, inner_lr=inner_lr,
+                         num_inner_steps=cfg.num_inner_steps)[1]
+
+  return common.Problem(
+      loss_fn=models.mf_loss,
+      init_params=lambda key: models.init_mf_params(key, dim),
+      sample_tasks=lambda key: sample(key, cfg.tasks_per_batch),
+      evaluate=evaluate,
+      validate=validate)
+
+
+def main(argv):
+  run(argv)
+
+
+def run(argv, chunk_hook=None):
+  """``main`` returning the ``common.TrainResult`` (for tests and notebooks)."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
+  cfg = common.training_config(NAME, defaults)
+  for name in ('dim', 'num_samples', 'num_test_tasks'):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f'--{name} must be a positive integer, '
+                           f'got {FLAGS[name].value}')
+  run_dir = common.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
+                                 default_name=NAME)
+  run_dir.write_config(common.config_dict(cfg), resume=cfg.resume)
+  logging.info('run folder: %s', run_dir.path)
+  problem = make_problem(cfg, dim=FLAGS.dim, num_samples=FLAGS.num_samples,
+                         num_test_tasks=FLAGS.num_test_tasks,
+                         eval_seed=FLAGS.eval_seed)
+  result = common.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
+
+  figure = plotting.plot_learning_curves(
+      result.rows, run_dir.file('meta_loss.png'), metric='test_loss',
+      ylabel=f'meta-test loss (after N={cfg.num_inner_steps} steps)',
+      title=f'Rank-one matrix factorization, d={FLAGS.dim} '
+      f'(mean +- std over {len(cfg.seeds)} seeds)')
+  plotting.plot_learning_curves(
+      result.rows, run_dir.file('train_loss.png'), metric='train_loss',
+      ylabel='train meta loss (chunk mean)',
+      title='Rank-one matrix factorization: training tasks')
+  summary = common.write_summary(run_dir, 'Rank-one matrix factorization', [
+      f'{cfg.num_iterations} meta-iterations, N = {cfg.num_inner_steps}, '
+      f'{cfg.tasks_per_batch} tasks/iteration, meta optimizer '
+      f'{cfg.meta_optimizer}, b = {cfg.num_directions}, seeds {list(cfg.seeds)}'
+      f'{", hyperparameters from --sweep (sweep.json)" if cfg.sweep else ""}.'
+      f' Meta-test loss on {FLAGS.num_test_tasks} fixed held-out tasks.',
+      common.summary_table(result),
+      '![meta-test loss](meta_loss.png)',
+  ])
+  print(f'Figure: {figure}\nSummary: {summary}\nMetrics: '
+        f'{run_dir.file("metrics.csv")}')
+  return result
+
+
+if __name__ == '__main__':
+  common.set_defaults(DEFAULTS)
+  app.run(main)

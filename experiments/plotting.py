@@ -1,0 +1,207 @@
+"""Figures of the experiments (matplotlib, Agg backend, small PNGs)."""
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+LABELS = {
+    'maml': 'MAML',
+    'fo_maml': 'FO-MAML',
+    'zo_maml': 'ZO-MAML',
+    'ggs_maml': 'GGS-MAML',
+    'hf_maml': 'HF-MAML',
+}
+COLORS = {
+    'maml': 'tab:blue',
+    'fo_maml': 'tab:orange',
+    'zo_maml': 'tab:green',
+    'ggs_maml': 'tab:red',
+    'hf_maml': 'tab:purple',
+}
+DPI = 100
+
+
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  return path
+
+
+def curves_by_algorithm(rows, metric):
+  """``{algorithm: (iterations [T], values [num_seeds, T])}`` from metric rows.
+
+  Missing (None) values become NaN.
+  """
+  data = {}
+  for r in rows:
+    if r.get(metric, None) is None and metric not in r:
+      continue
+    v = r.get(metric)
+    data.setdefault(r['algorithm'], {}).setdefault(r['seed'], {})[
+        r['iteration']] = np.nan if v is None else v
+  out = {}
+  for algorithm, by_seed in data.items():
+    iterations = sorted(set().union(*[set(d) for d in by_seed.values()]))
+    values = np.array([[d.get(i, np.nan) for i in iterations]
+                       for _, d in sorted(by_seed.items())], float)
+    out[algorithm] = (np.asarray(iterations), values)
+  return out
+
+
+def plot_learning_curves(rows, path, *, metric='test_loss',
+                         ylabel='meta-test loss', title=None, logy=True,
+                         band='std'):
+  """Loss vs meta-iterations per algorithm, mean over seeds with a band.
+
+  Args:
+    rows: metric rows (``algorithm``, ``seed``, ``iteration``, ``metric``).
+    path: output PNG path.
+    metric: row key to plot.
+    ylabel: y axis label.
+    title: figure title.
+    logy: log-scale y axis.
+    band: 'std' (mean +- std over seeds) or 'minmax'.
+
+  Returns:
+    ``path``.
+  """
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for algorithm, (its, values) in curves_by_algorithm(rows, metric).items():
+    mean = np.nanmean(values, axis=0)
+    if band == 'minmax':
+      lo, hi = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    else:
+      std = np.nanstd(values, axis=0)
+      lo, hi = mean - std, mean + std
+      if logy:
+        lo = np.where(lo > 0, lo, mean)
+    color = COLORS.get(algorithm)
+    ax.plot(its, mean, label=f'{LABELS.get(algorithm, algorithm)} '
+            f'({values.shape[0]} seeds)', color=color)
+    if values.shape[0] > 1:
+      ax.fill_between(its, lo, hi, color=color, alpha=0.2, linewidth=0)
+  if logy:
+    ax.set_yscale('log')
+  ax.set_xlabel('meta-iteration')
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_k_step_curves(curves, path, *, title=None, logy=False):
+  """Meta-test MSE vs adaptation steps k.
+
+  Args:
+    curves: ``{algorithm: array [num_seeds, K + 1]}`` (MSE after k = 0..K
+      steps, per seed).
+    path: output PNG path.
+    title: figure title.
+    logy: log-scale y axis.
+
+  Returns:
+    ``path``.
+  """
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for algorithm, values in curves.items():
+    values = np.asarray(values, float)
+    ks = np.arange(values.shape[1])
+    mean, std = values.mean(0), values.std(0)
+    color = COLORS.get(algorithm)
+    ax.plot(ks, mean, 'o-', ms=3, color=color,
+            label=LABELS.get(algorithm, algorithm))
+    if values.shape[0] > 1:
+      ax.fill_between(ks, mean - std, mean + std, color=color, alpha=0.2,
+                      linewidth=0)
+  if logy:
+    ax.set_yscale('log')
+  ax.set_xlabel('adaptation steps k')
+  ax.set_ylabel('meta-test MSE')
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_sine_fit(x, y_true, support, predictions, path, *, title=None):
+  """The classic sine picture: true curve, support points, predictions.
+
+  Args:
+    x: [P] grid.
+    y_true: [P] true curve on the grid.
+    support: (x [K], y [K]) support points.
+    predictions: ``{label: [P]}`` (e.g. before and after k steps).
+    path: output PNG path.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  ax.plot(x, y_true, 'k-', lw=2, label='true function')
+  styles = ['--', '-', '-.', ':']
+  for i, (label, y) in enumerate(predictions.items()):
+    ax.plot(x, y, styles[i % len(styles)], label=label)
+  ax.plot(np.ravel(support[0]), np.ravel(support[1]), '^', color='tab:red',
+          ms=7, label=f'support ({np.size(support[0])} points)')
+  ax.set_xlabel('x')
+  ax.set_ylabel('y')
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def plot_estimator_errors(results, path, *, title=None):
+  """Relative Hessian-vector-product error vs delta and vs b.
+
+  Args:
+    results: ``{problem: {'delta': {'x': [..], 'zo': (mean, std), 'ggs':
+      (mean, std), 'b': int}, 'b': {'x': [..], 'zo': ..., 'ggs': ...,
+      'delta': float}}}``, mean and std over draws.
+    path: output PNG path.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  problems = list(results)
+  fig, axes = plt.subplots(len(problems), 2, figsize=(9, 3.3 * len(problems)),
+                           squeeze=False)
+  for row, name in enumerate(problems):
+    for col, sweep in enumerate(('delta', 'b')):
+      ax = axes[row, col]
+      data = results[name][sweep]
+      x = np.asarray(data['x'], float)
+      for est, color in (('zo', 'tab:green'), ('ggs', 'tab:red')):
+        mean, std = (np.asarray(v, float) for v in data[est])
+        ax.plot(x, mean, 'o-', ms=3, color=color,
+                label='ZO (eq. 17)' if est == 'zo' else 'GGS (eq. 18)')
+        lo = np.where(mean - std > 0, mean - std, mean)
+        ax.fill_between(x, lo, mean + std, color=color, alpha=0.2,
+                        linewidth=0)
+      if sweep == 'b':
+        ref = data['ggs'][0][0] * np.sqrt(x[0] / x)
+        ax.plot(x, ref, 'k:', lw=1, label=r'$\propto 1/\sqrt{b}$')
+        ax.set_xlabel(f'directions b (delta = {data["delta"]:g})')
+      else:
+        ax.set_xlabel(f'delta (b = {data["b"]})')
+      if 'floor' in data:
+        ax.axhline(data['floor'], color='tab:green', ls='--', lw=1,
+                   label='ZO bias floor (tr(H)/2 v)')
+      ax.set_xscale('log')
+      ax.set_yscale('log')
+      ax.set_ylabel('relative error of Hv')
+      ax.set_title(name, fontsize=10)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  return _save(fig, path)

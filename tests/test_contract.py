@@ -1,0 +1,125 @@
+"""The shared contract every estimator meets (as optax's _common_test does),
+and the clear errors for bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import maml_jax as mj
+from experiments import models
+from experiments import tasks as task_lib
+
+KWARGS = {
+    'maml': {},
+    'fo_maml': {},
+    'zo_maml': dict(num_directions=3, delta=1e-2),
+    'ggs_maml': dict(num_directions=3, delta=1e-2),
+    'hf_maml': dict(delta=1e-2),
+}
+KEY = jax.random.PRNGKey(0)
+
+
+def _make(name, loss=models.mf_loss, **overrides):
+  kwargs = dict(inner_lr=0.01, num_inner_steps=2, **KWARGS[name])
+  kwargs.update(overrides)
+  return getattr(mj, name)(loss, **kwargs)
+
+
+def _task(key=KEY, dtype=jnp.float32):
+  tasks = task_lib.matrix_factorization_tasks(key, 1, dtype=dtype)
+  return jax.tree.map(lambda x: x[0], tasks)
+
+
+@pytest.mark.parametrize('name', mj.ESTIMATORS)
+def test_contract(name):
+  traces = []
+
+  def loss(w, batch):
+    traces.append(1)
+    return models.mf_loss(w, batch)
+
+  est = jax.jit(_make(name, loss))
+  params = models.init_mf_params(KEY)
+  grads, aux = est(params, _task(), KEY)
+  assert grads.shape == params.shape and grads.dtype == jnp.float32
+  assert np.all(np.isfinite(grads)) and bool(aux.finite)
+  assert aux.inner_losses.shape == (2,)
+  n = len(traces)
+  for i in range(3):  # new data and keys: no retrace
+    est(params, _task(jax.random.PRNGKey(i + 1)), jax.random.PRNGKey(i))
+  assert len(traces) == n
+  # vmap over tasks through meta_gradient.
+  tasks = task_lib.matrix_factorization_tasks(KEY, 3)
+  mean, meta_aux = jax.jit(lambda p, t, k: mj.meta_gradient(
+      _make(name), p, t, k))(params, tasks, KEY)
+  assert mean.shape == params.shape and int(meta_aux.num_nonfinite) == 0
+
+
+@pytest.mark.parametrize('name', ['maml', 'ggs_maml'])
+def test_float64_stays_float64(name):
+  with jax.enable_x64(True):
+    params = models.init_mf_params(KEY, dtype=jnp.float64)
+    grads, aux = jax.jit(_make(name))(params, _task(dtype=jnp.float64), KEY)
+    assert grads.dtype == jnp.float64
+    assert aux.query_loss_after.dtype == jnp.float64
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(num_inner_steps=0), 'num_inner_steps'),
+    (dict(num_inner_steps=2.5), 'num_inner_steps'),
+    (dict(inner_lr=0.0), 'inner_lr'),
+    (dict(inner_lr=-0.1), 'inner_lr'),
+    (dict(inner_lr=float('nan')), 'inner_lr'),
+    (dict(inner_lr=float('inf')), 'inner_lr'),
+    (dict(num_directions=0), 'num_directions'),
+    (dict(delta=0.0), 'delta'),
+    (dict(delta=-1e-2), 'delta'),
+    (dict(remat=0), 'remat'),
+])
+def test_bad_hyperparameters_fail_at_construction(kwargs, match):
+  name = 'ggs_maml' if 'num_directions' in kwargs else 'zo_maml'
+  with pytest.raises(ValueError, match=match):
+    _make(name, **kwargs)
+  with pytest.raises(ValueError, match='delta'):
+    _make('hf_maml', delta=0.0)
+  with pytest.raises(ValueError, match='backprop'):
+    mj.maml(models.mf_loss, inner_lr=0.1, num_inner_steps=1, backprop='fast')
+
+
+def test_bad_tasks_fail_at_trace_time():
+  params = models.init_mf_params(KEY)
+  task = _task()
+  est = _make('maml')
+  with pytest.raises(ValueError, match='loss_fn must return a scalar'):
+    _make('ggs_maml', loss=lambda w, b: w * 2.0)(params, task, KEY)
+  with pytest.raises(ValueError, match='task.query does not fit'):
+    est(params, task._replace(query={'z': task.query['z'], 'extra': 1.0}), KEY)
+  with pytest.raises(ValueError, match='task.hessian does not fit'):
+    est(params, task._replace(hessian={'z': task.query['z'][0]}), KEY)
+  with pytest.raises(ValueError, match='PerStep'):
+    est(params, task._replace(support=mj.PerStep(task.support)), KEY)
+  with pytest.raises(ValueError, match='sampler'):
+    est(params, task._replace(support=mj.Sampled(task.support)), KEY)
+  with pytest.raises(ValueError, match='maml_jax.Task'):
+    est(params, (task.support, task.query), KEY)
+  with pytest.raises(ValueError, match='floating-point'):
+    est(jnp.arange(20), task, KEY)
+  with pytest.raises(ValueError, match='task.hessian=None'):
+    mj.maml(models.mf_loss, inner_lr=0.1, num_inner_steps=1,
+            backprop='autodiff')(params, task._replace(hessian=task.support),
+                                 KEY)
+
+
+def test_adapt_matches_estimator_inner_loop():
+  params = models.init_mf_params(KEY)
+  task = _task()
+  adapted, losses = mj.adapt(models.mf_loss, params, task.support,
+                             inner_lr=0.01, num_steps=2)
+  _, aux = _make('fo_maml')(params, task, KEY)
+  np.testing.assert_allclose(models.mf_loss(adapted, task.query),
+                             aux.query_loss_after, rtol=1e-6)
+  np.testing.assert_allclose(losses, aux.inner_losses, rtol=1e-6)
+  same, empty = mj.adapt(models.mf_loss, params, task.support, inner_lr=0.01,
+                         num_steps=0)
+  assert same is params and empty.shape == (0,)

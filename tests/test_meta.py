@@ -1,0 +1,94 @@
+"""Task batches: eq. (7) mean, non-finite tasks, sharding over 4 CPU devices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import maml_jax as mj
+from experiments import models
+from experiments import tasks as task_lib
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _setup(num_tasks=8):
+  params = models.init_sine_params(KEY)
+  tasks = task_lib.sine_tasks(jax.random.PRNGKey(1), num_tasks)
+  return params, tasks
+
+
+EST = mj.ggs_maml(models.sine_loss, inner_lr=0.01, num_inner_steps=2,
+                  num_directions=3, delta=1e-2)
+
+
+def test_mean_over_tasks_with_split_keys():
+  params, tasks = _setup()
+  grads, aux = jax.jit(mj.meta_gradient, static_argnums=0)(EST, params, tasks, KEY)
+  keys = jax.random.split(KEY, 8)
+  est = jax.jit(EST)
+  per_task = [est(params, jax.tree.map(lambda x: x[i], tasks), keys[i])
+              for i in range(8)]
+  expected = jax.tree.map(lambda *g: jnp.mean(jnp.stack(g), 0),
+                          *[g for g, _ in per_task])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
+                                                       atol=1e-5),
+               grads, expected)
+  np.testing.assert_allclose(
+      aux.query_loss_after, np.mean([a.query_loss_after for _, a in per_task]),
+      rtol=1e-5)
+  assert aux.per_task.inner_losses.shape == (8, 2)
+  assert int(aux.num_nonfinite) == 0
+
+
+def test_nonfinite_task_is_reported_and_left_out():
+  params, tasks = _setup(4)
+  bad = tasks._replace(support={
+      'x': tasks.support['x'].at[2].set(jnp.nan), 'y': tasks.support['y']})
+  est = mj.maml(models.sine_loss, inner_lr=0.01, num_inner_steps=2)
+  meta_grad = jax.jit(lambda p, t, k: mj.meta_gradient(est, p, t, k))
+  grads, aux = meta_grad(params, bad, KEY)
+  assert int(aux.num_nonfinite) == 1
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  keep = jnp.array([0, 1, 3])
+  good = jax.tree.map(lambda x: x[keep], tasks)
+  expected, _ = meta_grad(params, good, KEY)  # maml ignores keys
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               grads, expected)
+
+
+def test_task_axis_errors():
+  params, tasks = _setup(4)
+  one = jax.tree.map(lambda x: x[0], tasks)
+  with pytest.raises(ValueError, match='leading'):
+    mj.meta_gradient(EST, params, one._replace(query={'x': one.query['x'][:3],
+                                                      'y': one.query['y'][:3]}),
+                     KEY)
+  with pytest.raises(ValueError, match='leading task axis'):
+    mj.meta_gradient(EST, params,
+                     mj.Task(support={'x': jnp.float32(1.0)}, query={'x': jnp.ones(2)}),
+                     KEY)
+  with pytest.raises(ValueError, match='maml_jax.Task'):
+    mj.meta_gradient(EST, params, (tasks.support, tasks.query), KEY)
+
+
+def test_sharded_task_batch_matches_single_device():
+  """A train step on tasks sharded over 4 devices == the same step on one device."""
+  assert jax.device_count() >= 4, 'tests/conftest.py forces 4 CPU devices'
+  import optax
+  params, tasks = _setup(8)
+  mesh = mj.task_mesh(jax.devices()[:4])
+  sharded = mj.shard_tasks(tasks, mesh)
+  assert len(sharded.support['x'].sharding.device_set) == 4
+  opt = optax.adam(1e-3)
+  step = mj.make_train_step(EST, opt)
+  s1, m1 = step(mj.init_train_state(params, opt), tasks, KEY)
+  s4, m4 = step(mj.init_train_state(params, opt), sharded, KEY)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               s4.params, s1.params)
+  for name in ('loss_before', 'loss_after', 'grad_norm'):
+    np.testing.assert_allclose(m4[name], m1[name], rtol=1e-5)
+  with pytest.raises(ValueError, match='evenly'):
+    mj.shard_tasks(jax.tree.map(lambda x: x[:6], tasks), mesh)

@@ -1,6 +1,6 @@
 """Meta-training with Optax: a jitted step, and many steps fused in one scan."""
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import chex
 import jax

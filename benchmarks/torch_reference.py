@@ -114,7 +114,7 @@ def from_flat(problem: str, arrays: Sequence[Any]) -> Any:
 
 
 def _tensor(x, dtype=None):
-  t = torch.as_tensor(np.asarray(x))
+  t = torch.as_tensor(np.array(x))
   return t if dtype is None else t.to(dtype)
 
 

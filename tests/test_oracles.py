@@ -74,13 +74,16 @@ def _rel_err(estimates, exact):
   return np.linalg.norm(estimates - exact, axis=-1) / np.linalg.norm(exact)
 
 
+def _mf_problem(seed, d=10):
+  """(w, batch, v, exact H v) for the matrix factorization loss."""
+  rng = np.random.default_rng(seed)
+  w, z, v = (jnp.asarray(rng.normal(size=d)) for _ in range(3))
+  batch = {'z': z}
+  return w, batch, v, np.asarray(mj.exact_hvp(_mf_loss)(w, batch, v, None))
+
+
 def test_ggs_error_falls_with_b_and_delta_on_nonlinear_loss():
-  d = 10
-  rng = np.random.default_rng(3)
-  w = jnp.asarray(rng.normal(size=d))
-  batch = {'z': jnp.asarray(rng.normal(size=d))}
-  v = jnp.asarray(rng.normal(size=d))
-  exact = np.asarray(mj.exact_hvp(_mf_loss)(w, batch, v, None))
+  w, batch, v, exact = _mf_problem(3)
   err = lambda b, delta, n=400: _rel_err(_mean_estimate(
       mj.ggs_hvp(_mf_loss, num_directions=b, delta=delta), w, batch, v, n),
       exact)
@@ -96,12 +99,7 @@ def test_ggs_error_falls_with_b_and_delta_on_nonlinear_loss():
 
 def test_zo_error_has_a_floor_on_nonlinear_loss():
   """Unlike GGS, ZO's error does not vanish as b grows (Proposition 5)."""
-  d = 10
-  rng = np.random.default_rng(4)
-  w = jnp.asarray(rng.normal(size=d))
-  batch = {'z': jnp.asarray(rng.normal(size=d))}
-  v = jnp.asarray(rng.normal(size=d))
-  exact = np.asarray(mj.exact_hvp(_mf_loss)(w, batch, v, None))
+  w, batch, v, exact = _mf_problem(4)
   mean_err = lambda oracle: _rel_err(
       _mean_estimate(oracle, w, batch, v, 200).mean(0, keepdims=True), exact)[0]
   zo = mean_err(mj.zo_hvp(_mf_loss, num_directions=200, delta=1e-2))

@@ -1,0 +1,6 @@
+"""``python -m experiments.rl``: see experiments/rl/train.py."""
+
+from experiments.rl import train
+
+if __name__ == '__main__':
+  train.entry()

@@ -1,0 +1,381 @@
+r"""Meta-RL launcher: 2D navigation with MAML / FO / ZO / GGS(/ HF)-MAML and TRPO.
+
+  python -m experiments.rl --env=navigation2d \
+      --algorithms=maml,fo_maml,zo_maml,ggs_maml --seeds=0,1 \
+      --num_iterations=200 --workdir=/tmp/rl
+
+Every algorithm runs for every seed (seeds batched with ``jax.vmap``) in
+compiled chunks of ``--eval_every`` meta-iterations (``lax.scan``); after each
+chunk: held-out evaluation (return after 0..--eval_steps inner steps on fixed
+tasks), metrics.jsonl/.csv, an Orbax checkpoint. ``--resume`` continues from
+the latest checkpoint with exactly the metrics of an uninterrupted run
+(iteration i draws its tasks, episodes and directions from
+``fold_in(key, i)``). At the end: summary.md, learning curves and a picture
+of trajectories before/after adaptation (figures/ in the run folder).
+
+Shared flags (see experiments/common.py) keep their meaning: --tasks_per_batch
+(tasks per meta-batch), --meta_optimizer (here 'trpo' or 'adam'), --meta_lr
+(Adam only), --inner_lr/--zo_inner_lr, --num_directions, --delta. --sweep is
+not supported for RL.
+"""
+
+import functools
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import maml_jax as mj
+from experiments import common
+from experiments.rl import envs as envs_lib
+from experiments.rl import metarl
+from experiments.rl import plots
+
+NAME = 'rl'
+# MAML-RL's 2D-navigation settings (SPEC section 4).
+DEFAULTS = dict(
+    algorithms=('maml', 'fo_maml', 'zo_maml', 'ggs_maml'),
+    num_inner_steps=1,
+    inner_lr=0.1,
+    meta_lr=1e-3,
+    meta_optimizer='trpo',
+    num_directions=10,
+    delta=1e-2,
+    tasks_per_batch=20,
+    num_iterations=200,
+    eval_every=10,
+)
+FUTURE_ENVS = ('halfcheetah_vel', 'halfcheetah_dir')
+EVAL_SEED = 20260  # held-out evaluation tasks: the same for every run
+
+FLAGS = flags.FLAGS
+
+
+def _define(define, name, *args, **kwargs):
+  if name not in FLAGS:
+    define(name, *args, **kwargs)
+
+
+def define_flags():
+  """The shared training flags plus the RL-specific ones (idempotent)."""
+  common.define_training_flags()
+  d = _define
+  d(flags.DEFINE_string, 'env', 'navigation2d',
+    'Environment: navigation2d (halfcheetah_vel/dir need Brax; not built).')
+  d(flags.DEFINE_integer, 'num_episodes', 20, 'Episodes per task per batch.')
+  d(flags.DEFINE_float, 'gamma', 0.95, 'Discount.')
+  d(flags.DEFINE_float, 'gae_tau', 1.0, 'GAE lambda (tau).')
+  d(flags.DEFINE_float, 'baseline_reg', 1e-5, 'Ridge term of the linear baseline.')
+  d(flags.DEFINE_boolean, 'separate_hessian_batch', True,
+    'Sample the Hessian batches D_j separately from S_j (Algorithm 1).')
+  d(flags.DEFINE_float, 'max_kl', 1e-2, 'TRPO KL bound.')
+  d(flags.DEFINE_integer, 'cg_iters', 10, 'TRPO conjugate-gradient iterations.')
+  d(flags.DEFINE_float, 'cg_damping', 1e-5, 'TRPO CG damping.')
+  d(flags.DEFINE_integer, 'ls_max_steps', 15, 'TRPO line-search trials.')
+  d(flags.DEFINE_float, 'ls_backtrack_ratio', 0.8, 'TRPO line-search shrink factor.')
+  d(flags.DEFINE_enum, 'kl_hvp', 'adapted', list(metarl.KL_HVPS),
+    'KL Hessian for CG: of the adapted policy (dw_N/dw = I) or through the '
+    'adaptation (MAML-RL; second order through the inner loop).')
+  d(flags.DEFINE_float, 'cg_subsample', 0.2,
+    'Fraction of each task\'s query episodes used in the Fisher-vector '
+    'products of CG (OpenAI-Baselines TRPO uses every 5th state; 1.0 = all, '
+    'as MAML-RL). The line search always uses all episodes.')
+  d(flags.DEFINE_list, 'hidden', ['100', '100'], 'Policy hidden sizes.')
+  d(flags.DEFINE_integer, 'eval_tasks', 40, 'Held-out tasks for evaluation.')
+  d(flags.DEFINE_integer, 'eval_steps', 3, 'Inner steps evaluated (0..K).')
+
+
+def resolve(name):
+  value = FLAGS[name].value
+  return DEFAULTS.get(name) if value is None else value
+
+
+def make_configs():
+  """``(env, {algorithm: RLConfig}, settings)`` from the flags; fails fast."""
+  env_name = FLAGS.env
+  if env_name in FUTURE_ENVS:
+    raise app.UsageError(
+        f'--env={env_name}: HalfCheetah needs Brax, which is not part of this '
+        'environment (see experiments/rl/RESULTS.md); use --env=navigation2d')
+  if env_name not in envs_lib.ENVS:
+    raise app.UsageError(f'--env={env_name!r}: choose from '
+                         f'{sorted(envs_lib.ENVS)}')
+  if FLAGS.sweep:
+    raise app.UsageError('--sweep is not supported by the RL launcher')
+  algorithms = tuple(a.strip() for a in (resolve('algorithms') or ()) if a.strip())
+  unknown = [a for a in algorithms if a not in metarl.ALGORITHMS]
+  if unknown or not algorithms:
+    raise app.UsageError(f'--algorithms: unknown algorithm(s) {unknown} '
+                         f'(choose from {",".join(metarl.ALGORITHMS)})')
+  if len(set(algorithms)) != len(algorithms):
+    raise app.UsageError('--algorithms lists an algorithm twice')
+  try:
+    seeds = tuple(int(s) for s in FLAGS.seeds)
+    hidden = tuple(int(h) for h in FLAGS.hidden)
+  except ValueError:
+    raise app.UsageError('--seeds and --hidden must be integer lists') from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise app.UsageError('--seeds must list distinct integers')
+  if not hidden or min(hidden) < 1:
+    raise app.UsageError('--hidden must list positive integers')
+  optimizer = resolve('meta_optimizer')
+  if optimizer not in metarl.OUTER_OPTIMIZERS:
+    raise app.UsageError(f'--meta_optimizer must be one of '
+                         f'{metarl.OUTER_OPTIMIZERS} for RL, got {optimizer!r}')
+  for name in ('num_iterations', 'eval_every', 'eval_tasks'):
+    if resolve(name) is None or resolve(name) < 1:
+      raise app.UsageError(f'--{name} must be a positive integer')
+  if FLAGS.eval_steps < 0:
+    raise app.UsageError('--eval_steps must be >= 0')
+  inner_lr = resolve('inner_lr')
+  zo_inner_lr = resolve('zo_inner_lr')
+  configs = {}
+  for algorithm in algorithms:
+    cfg = metarl.RLConfig(
+        algorithm=algorithm,
+        num_tasks=resolve('tasks_per_batch'),
+        num_episodes=FLAGS.num_episodes,
+        num_inner_steps=resolve('num_inner_steps'),
+        inner_lr=(zo_inner_lr if algorithm == 'zo_maml' and zo_inner_lr
+                  else inner_lr),
+        gamma=FLAGS.gamma, gae_tau=FLAGS.gae_tau, baseline_reg=FLAGS.baseline_reg,
+        separate_hessian_batch=FLAGS.separate_hessian_batch,
+        num_directions=resolve('num_directions'), delta=resolve('delta'),
+        outer_optimizer=optimizer, outer_lr=resolve('meta_lr'),
+        max_kl=FLAGS.max_kl, cg_iters=FLAGS.cg_iters, cg_damping=FLAGS.cg_damping,
+        ls_max_steps=FLAGS.ls_max_steps,
+        ls_backtrack_ratio=FLAGS.ls_backtrack_ratio, kl_hvp=FLAGS.kl_hvp,
+        cg_subsample=FLAGS.cg_subsample,
+        hidden=hidden, remat=FLAGS.remat)
+    try:
+      metarl.validate_config(cfg)
+    except (ValueError, TypeError) as e:
+      raise app.UsageError(str(e)) from None
+    configs[algorithm] = cfg
+  common.check_workdir(FLAGS.workdir)
+  settings = dict(env=env_name, algorithms=algorithms, seeds=seeds,
+                  num_iterations=resolve('num_iterations'),
+                  eval_every=resolve('eval_every'), eval_tasks=FLAGS.eval_tasks,
+                  eval_steps=FLAGS.eval_steps)
+  return envs_lib.make_env(env_name), configs, settings
+
+
+def env_steps_per_iteration(env, cfg):
+  """(env steps the algorithm needs, env steps simulated per meta-iteration).
+
+  The algorithm needs S_0..S_{N-1}, D_0..D_{N-1} (if separate and used) and
+  T. Simulated on top: maml_jax's query batch at w_0 (for the reported
+  loss_before) and the TRPO step's re-collection of S_j and T.
+  """
+  batch = cfg.num_tasks * cfg.num_episodes * env.horizon
+  n = cfg.num_inner_steps
+  hessian = n if (cfg.separate_hessian_batch and metarl.uses_hessian_batch(cfg)) else 0
+  sampled = batch * (n + hessian + 1)
+  return sampled, sampled + batch + batch * (n + 1)
+
+
+def _state_tree(state):
+  """A TrainState as a checkpointable dict (TRPO has no optimizer state)."""
+  out = {'params': state.params, 'iteration': state.iteration}
+  if jax.tree.leaves(state.opt_state):
+    out['opt_state'] = state.opt_state
+  return out
+
+
+def _from_tree(tree, like):
+  return mj.TrainState(params=tree['params'],
+                       opt_state=tree.get('opt_state', like.opt_state),
+                       iteration=tree['iteration'])
+
+
+def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
+        compiled=None):
+  """Trains every algorithm for every seed (with checkpoints and metrics).
+
+  Args:
+    env: the ``envs.Env``.
+    configs: ``{algorithm: metarl.RLConfig}``.
+    settings: seeds, num_iterations, eval_every, eval_tasks, eval_steps.
+    run_dir: ``common.RunDir``.
+    resume: continue from the latest checkpoint in ``run_dir``.
+    chunk_hook: optional ``chunk_hook(iteration)`` after each checkpoint.
+    compiled: optional dict, filled with the jitted functions and reused by
+      later calls with the same configs (tests: one compilation per config).
+
+  Returns:
+    ``(metas, states, wall)``: built functions, final states, seconds per algorithm.
+  """
+  seeds = settings['seeds']
+  init_keys, train_keys = common.seed_keys(seeds)
+  metas, runs, states, evaluate = {}, {}, {}, {}
+  eval_key = jax.random.PRNGKey(EVAL_SEED)
+  num_iterations, eval_every = settings['num_iterations'], settings['eval_every']
+  compiled = {} if compiled is None else compiled
+  for algorithm, cfg in configs.items():
+    cache_key = (cfg, settings['eval_tasks'], settings['eval_steps'])
+    if cache_key not in compiled:
+      meta = metarl.build(env, cfg)
+      compiled[cache_key] = (meta, {}, jax.jit(jax.vmap(functools.partial(
+          metarl.evaluate, meta, key=eval_key, num_tasks=settings['eval_tasks'],
+          num_steps=settings['eval_steps']))))
+    meta, fused, evaluate[algorithm] = compiled[cache_key]
+    for n in {eval_every, num_iterations % eval_every} - {0}:
+      if n not in fused:
+        fused[n] = jax.jit(jax.vmap(metarl.make_fused(meta, n)))
+    metas[algorithm], runs[algorithm] = meta, fused
+    # The same w_0 per seed for every algorithm.
+    states[algorithm] = jax.vmap(meta.init)(init_keys)
+
+  checkpointer = common.Checkpointer(run_dir.file('checkpoints'))
+  iteration = 0
+  wall = {a: 0.0 for a in configs}
+  step = checkpointer.latest_step() if resume else None
+  if step is not None:
+    like = {'states': {a: _state_tree(s) for a, s in states.items()},
+            'train_keys': train_keys, 'iteration': jnp.zeros((), jnp.int32),
+            'wall': {a: jnp.zeros(()) for a in configs}}
+    ckpt = checkpointer.restore(step, like)
+    states = {a: _from_tree(ckpt['states'][a], states[a]) for a in configs}
+    train_keys = ckpt['train_keys']
+    iteration = int(ckpt['iteration'])
+    wall = {a: float(ckpt['wall'][a]) for a in configs}
+    run_dir.truncate(iteration)
+    logging.info('resumed %s at iteration %d', run_dir.path, iteration)
+  else:
+    run_dir.truncate(-1)
+
+  def eval_rows(algorithm, it):
+    returns, _, _ = evaluate[algorithm](states[algorithm].params)
+    returns = np.asarray(returns)
+    rows = []
+    for s, seed in enumerate(seeds):
+      row = {'algorithm': algorithm, 'seed': seed, 'iteration': it,
+             'kind': 'eval', 'wall_time': wall[algorithm]}
+      row.update({f'eval_return_{k}': float(v) for k, v in enumerate(returns[s])})
+      rows.append(row)
+    return rows
+
+  if iteration == 0:
+    for algorithm in configs:
+      run_dir.append(eval_rows(algorithm, 0))
+    run_dir.flush()
+
+  while iteration < num_iterations:
+    length = min(eval_every, num_iterations - iteration)
+    for algorithm, cfg in configs.items():
+      t0 = time.time()
+      states[algorithm], metrics = runs[algorithm][length](
+          states[algorithm], train_keys)
+      metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
+      seconds = time.time() - t0
+      wall[algorithm] += seconds
+      rows = []
+      for s, seed in enumerate(seeds):
+        for i in range(length):
+          row = {'algorithm': algorithm, 'seed': seed,
+                 'iteration': iteration + i + 1, 'kind': 'train'}
+          ret = metrics['returns'][s, i]
+          row.update({f'return_{j}': float(r) for j, r in enumerate(ret)})
+          row['return_before'] = float(ret[0])
+          row['return_after'] = float(ret[-1])
+          for k, v in metrics.items():
+            if k != 'returns':
+              row[k] = float(v[s, i])
+          rows.append(row)
+      run_dir.append(rows)
+      rows = eval_rows(algorithm, iteration + length)
+      for r in rows:
+        r['chunk_seconds'] = seconds
+      run_dir.append(rows)
+      logging.info('%s it %d: return before %.2f after %.2f (train, mean over '
+                   'seeds); eval %s; %.2fs/it', algorithm, iteration + length,
+                   np.mean(metrics['returns'][:, -1, 0]),
+                   np.mean(metrics['returns'][:, -1, -1]),
+                   ' '.join(f'{k}:{np.mean([r[k] for r in rows]):.2f}'
+                            for k in rows[0] if k.startswith('eval_return')),
+                   seconds / length)
+    iteration += length
+    run_dir.flush()
+    checkpointer.save(iteration, {
+        'states': {a: _state_tree(s) for a, s in states.items()},
+        'train_keys': train_keys, 'iteration': jnp.asarray(iteration, jnp.int32),
+        'wall': {a: jnp.asarray(w, jnp.float32) for a, w in wall.items()}})
+    if chunk_hook is not None:
+      chunk_hook(iteration)
+  checkpointer.close()
+  return metas, states, wall
+
+
+def summarize(env, configs, settings, run_dir, metas, states, wall):
+  """summary.md and the figures of a finished run."""
+  rows = run_dir.rows
+  fig_dir = run_dir.file('figures')
+  os.makedirs(fig_dir, exist_ok=True)
+  plots.plot_returns(rows, os.path.join(fig_dir, 'returns.png'),
+                     title=f"{settings['env']}: return before (dashed) / after "
+                     '(solid) adaptation, training tasks')
+  plots.plot_eval_steps(rows, os.path.join(fig_dir, 'eval_steps.png'),
+                        title=f"{settings['env']}: held-out return vs inner steps")
+  algorithm = 'maml' if 'maml' in metas else next(iter(metas))
+  params0 = jax.tree.map(lambda x: x[0], states[algorithm].params)
+  _, goals, obs = jax.jit(functools.partial(
+      metarl.evaluate, metas[algorithm], num_tasks=4,
+      num_steps=max(settings['eval_steps'], 1)))(params0, key=jax.random.PRNGKey(EVAL_SEED))
+  plots.plot_trajectories(np.asarray(goals), np.asarray(obs),
+                          os.path.join(fig_dir, 'trajectories.png'),
+                          title=f'{plots.LABELS.get(algorithm, algorithm)}, seed '
+                          f"{settings['seeds'][0]}, iteration {settings['num_iterations']}")
+  last = settings['num_iterations']
+  lines = ['| algorithm | return before (train, last 10 its) | after | '
+           + ' | '.join(f'eval after {k}' for k in range(settings['eval_steps'] + 1))
+           + ' | env steps / it (sampled, simulated) | s / it (all seeds) |',
+           '|---' * (settings['eval_steps'] + 6) + '|']
+  for algorithm, cfg in configs.items():
+    train = [r for r in rows if r['algorithm'] == algorithm and r['kind'] == 'train'
+             and r['iteration'] > last - 10]
+    ev = [r for r in rows if r['algorithm'] == algorithm and r['kind'] == 'eval'
+          and r['iteration'] == last]
+    fmt = lambda v: f'{np.mean(v):.2f} +- {np.std(v):.2f}'
+    per_seed = lambda key: [np.mean([r[key] for r in train if r['seed'] == s])
+                            for s in settings['seeds']]
+    sampled, simulated = env_steps_per_iteration(env, cfg)
+    lines.append(
+        f'| {plots.LABELS.get(algorithm, algorithm)} | {fmt(per_seed("return_before"))}'
+        f' | {fmt(per_seed("return_after"))} | '
+        + ' | '.join(fmt([r[f'eval_return_{k}'] for r in ev])
+                     for k in range(settings['eval_steps'] + 1))
+        + f' | {sampled}, {simulated} | {wall[algorithm] / last:.3g} |')
+  text = '\n'.join(lines) + '\n'
+  common.write_summary(run_dir, f"Meta-RL {settings['env']}", [
+      f"{len(settings['seeds'])} seeds (mean +- std over seeds), "
+      f"{last} meta-iterations.", text])
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  env, configs, settings = make_configs()
+  run_dir = common.RunDir.create(FLAGS.workdir, FLAGS.run_name,
+                                 resume=FLAGS.resume, default_name=NAME)
+  run_dir.write_config(common.config_dict(None, extra={
+      'settings': settings,
+      'rl_configs': {a: c._asdict() for a, c in configs.items()}}),
+      resume=FLAGS.resume)
+  metas, states, wall = run(env, configs, settings, run_dir, resume=FLAGS.resume)
+  table = summarize(env, configs, settings, run_dir, metas, states, wall)
+  print(table)
+  logging.info('outputs in %s', run_dir.path)
+
+
+def entry():
+  define_flags()
+  common.set_defaults({k: (','.join(v) if isinstance(v, tuple) else v)
+                       for k, v in DEFAULTS.items() if k != 'algorithms'})
+  app.run(main)

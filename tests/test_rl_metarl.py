@@ -1,0 +1,187 @@
+"""Tests of the meta-RL training step and the launcher (tiny sizes)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+from absl.testing import flagsaver
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import maml_jax as mj
+from experiments import common
+from experiments.rl import envs
+from experiments.rl import metarl
+from experiments.rl import train
+
+TINY = dict(num_tasks=2, num_episodes=3, hidden=(8,))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(algorithm='maml', **kw):
+  return metarl.RLConfig(algorithm=algorithm, **{**TINY, **kw})
+
+
+def test_collect_reproduces_the_estimators_episodes():
+  """The TRPO step re-creates S_j and T: they must be the estimator's own."""
+  env = envs.navigation2d()
+  # D_j = S_j here, so exact MAML is autodiff through the stored episodes.
+  meta = metarl.build(env, tiny(num_inner_steps=2, separate_hessian_batch=False))
+  params = meta.init(jax.random.PRNGKey(0)).params
+  goal = jnp.array([0.3, -0.2])
+  key = jax.random.PRNGKey(7)
+  task = metarl.make_tasks(goal, meta.cfg)
+  grads, aux = jax.jit(meta.estimator)(params, task, key)
+  support, query, w_n = jax.jit(meta.collect)(params, goal, key)
+  loss = meta.loss_fn
+  np.testing.assert_allclose(loss(w_n, query), aux.query_loss_after, rtol=1e-3, atol=1e-5)
+  # maml_jax reports l(w_0; T) on a query batch sampled at w_0 (same key).
+  query_0 = meta.sampler(params, goal, mj.task_keys(key, 2).query)
+  np.testing.assert_allclose(loss(params, query_0), aux.query_loss_before,
+                             rtol=1e-3, atol=1e-5)
+  s0 = jax.tree.map(lambda x: x[0], support)
+  np.testing.assert_allclose(loss(params, s0), aux.inner_losses[0], rtol=1e-3, atol=1e-5)
+  # Exact MAML = gradient of the outer loss through the adaptation on the
+  # stored episodes, which is the gradient of the TRPO surrogate at w_old.
+  outer = lambda w: loss(mj.adapt(loss, w, mj.PerStep(support), inner_lr=0.1,
+                                  num_steps=2)[0], query)
+  ref = jax.grad(outer)(params)
+  chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
+  jax.tree.map(chex_close, grads, ref)
+
+
+def test_fisher_vector_product_is_the_kl_hessian():
+  env = envs.navigation2d()
+  meta = metarl.build(env, tiny())
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  thetas = jax.vmap(lambda k: meta.init(k).params)(keys[:2])
+  obs = jax.random.uniform(keys[2], (2, 3, 5, 2), minval=-0.5, maxval=0.5)
+  old = jax.vmap(meta.policy.apply)(thetas, obs)
+  from experiments.rl import policy as policy_lib
+
+  def kl(w):  # mean over tasks of mean_s KL(pi_{theta_i} || pi_w)
+    mean, log_std = jax.vmap(meta.policy.apply, in_axes=(None, 0))(w, obs)
+    return jnp.mean(policy_lib.gaussian_kl(old[0], old[1], mean, log_std))
+
+  v = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(3), x.shape),
+                   jax.tree.map(lambda x: x[0], thetas))
+  fvp = metarl.fisher_vector_product(meta.policy.apply, thetas, obs)(v)
+  # Per task the Hessian at its own theta_i; average over tasks.
+  def task_hvp(i):
+    theta = jax.tree.map(lambda x: x[i], thetas)
+    def kl_i(w):
+      mean, log_std = meta.policy.apply(w, obs[i])
+      return jnp.mean(policy_lib.gaussian_kl(old[0][i], old[1][i], mean, log_std))
+    return jax.jvp(jax.grad(kl_i), (theta,), (v,))[1]
+  ref = jax.tree.map(lambda a, b: (a + b) / 2, task_hvp(0), task_hvp(1))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
+               fvp, ref)
+
+
+@pytest.mark.parametrize('kl_hvp', ['adapted', 'through_adaptation'])
+def test_trpo_iteration_respects_kl_bound(kl_hvp):
+  env = envs.navigation2d()
+  meta = metarl.build(env, tiny('fo_maml', kl_hvp=kl_hvp, max_kl=1e-3))
+  state = meta.init(jax.random.PRNGKey(0))
+  run = metarl.make_fused(meta, 2)
+  new_state, metrics = run(state, jax.random.PRNGKey(1))
+  assert int(new_state.iteration) == 2
+  assert np.all(metrics['trpo_kl'] <= 1e-3)
+  assert metrics['returns'].shape == (2, 2)
+  assert np.all(np.isfinite(metrics['returns']))
+
+
+def test_bad_configs_fail_fast():
+  with pytest.raises(ValueError, match='algorithm'):
+    metarl.validate_config(tiny('reptile'))
+  with pytest.raises(ValueError, match='num_episodes'):
+    metarl.validate_config(tiny(num_episodes=0))
+  with pytest.raises(ValueError, match='outer_optimizer'):
+    metarl.validate_config(tiny(outer_optimizer='sgd'))
+  with pytest.raises(ValueError, match='cg_subsample'):
+    metarl.validate_config(tiny(cg_subsample=0.0))
+  with pytest.raises(ValueError):
+    envs.make_env('cartpole')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--algorithms=maml,reptile'], 'unknown algorithm'),
+    (['--env=halfcheetah_vel'], 'Brax'),
+    (['--env=atari'], 'choose from'),
+    (['--meta_optimizer=sgd'], 'trpo'),
+    (['--num_episodes=0'], 'num_episodes'),
+    (['--seeds=1,1'], 'seeds'),
+    (['--max_kl=-1'], 'max_kl'),
+    (['--sweep'], 'sweep'),
+])
+def test_launcher_bad_flags_fail_fast(args, message, tmp_path):
+  train.define_flags()
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['rl', f'--workdir={tmp_path}'] + args)
+    with pytest.raises(app.UsageError, match=message):
+      train.make_configs()
+
+
+def test_launcher_cli_rejects_bad_flag_quickly(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.rl', f'--workdir={tmp_path}',
+       '--algorithms=maml,foo'], cwd=REPO, capture_output=True, text=True,
+      timeout=120)
+  assert out.returncode != 0
+  assert 'unknown algorithm' in out.stderr
+
+
+def test_launcher_runs_every_algorithm(tmp_path):
+  """CI smoke run: 2 meta-iterations of each paper algorithm, tiny sizes."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.rl', f'--workdir={tmp_path}',
+       '--run_name=smoke', '--algorithms=maml,fo_maml,zo_maml,ggs_maml',
+       '--seeds=0', '--num_iterations=2', '--eval_every=2',
+       '--tasks_per_batch=2', '--num_episodes=2', '--hidden=8',
+       '--num_directions=2', '--eval_tasks=2', '--eval_steps=1'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  run = tmp_path / 'smoke'
+  rows = [json.loads(l) for l in open(run / 'metrics.jsonl')]
+  for algorithm in ('maml', 'fo_maml', 'zo_maml', 'ggs_maml'):
+    train_rows = [r for r in rows if r['algorithm'] == algorithm and r['kind'] == 'train']
+    assert [r['iteration'] for r in train_rows] == [1, 2]
+    assert all(np.isfinite(r['return_after']) for r in train_rows)
+  for name in ('config.json', 'summary.md', 'metrics.csv', 'figures/returns.png',
+               'figures/eval_steps.png', 'figures/trajectories.png'):
+    assert (run / name).exists(), name
+  assert os.listdir(run / 'checkpoints')
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+  env = envs.navigation2d()
+  configs = {'fo_maml': tiny('fo_maml')}
+  settings = dict(env='navigation2d', algorithms=('fo_maml',), seeds=(0,),
+                  num_iterations=2, eval_every=1, eval_tasks=2, eval_steps=1)
+  compiled = {}
+  full = common.RunDir(str(tmp_path / 'full'))
+  os.makedirs(full.path)
+  train.run(env, configs, settings, full, compiled=compiled)
+
+  class Killed(Exception):
+    pass
+
+  def kill(iteration):
+    if iteration == 1:
+      raise Killed()
+
+  part = common.RunDir(str(tmp_path / 'part'))
+  os.makedirs(part.path)
+  with pytest.raises(Killed):
+    train.run(env, configs, settings, part, chunk_hook=kill, compiled=compiled)
+  rows = [json.loads(l) for l in open(os.path.join(part.path, 'metrics.jsonl'))]
+  resumed = common.RunDir(part.path, rows)
+  train.run(env, configs, settings, resumed, resume=True, compiled=compiled)
+  drop = lambda r: {k: v for k, v in r.items() if k not in ('wall_time', 'chunk_seconds')}
+  assert [drop(r) for r in resumed.rows] == [drop(r) for r in full.rows]

@@ -135,6 +135,21 @@ def define_training_flags():
     'Meta-iterations per --sweep candidate. Default: --num_iterations // 4.')
 
 
+def cli_main(run):
+  """``main(argv)`` for ``app.run``: a usage error is one line and exit code 2.
+
+  absl's own handling of ``app.UsageError`` prints the whole module docstring;
+  a launcher's flag mistakes should be one line on stderr instead.
+  """
+  def main(argv):
+    try:
+      run(argv)
+    except app.UsageError as e:
+      print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
+      sys.exit(2)
+  return main
+
+
 def set_defaults(defaults):
   """Sets experiment defaults of flags (call before ``app.run``, for --help)."""
   for name, value in defaults.items():
@@ -748,8 +763,13 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
           est, optimizer, problem.sample_tasks, length)))
     states[algorithm] = jax.vmap(
         lambda p, opt=optimizer: mj.init_train_state(p, opt))(params)
-  evaluate = {a: jax.jit(jax.vmap(functools.partial(
-      problem.evaluate, inner_lr=hparams[a].inner_lr))) for a in cfg.algorithms}
+  by_lr = {}  # one compiled evaluation per distinct inner lr
+  for a in cfg.algorithms:
+    lr = hparams[a].inner_lr
+    if lr not in by_lr:
+      by_lr[lr] = jax.jit(jax.vmap(functools.partial(problem.evaluate,
+                                                     inner_lr=lr)))
+  evaluate = {a: by_lr[hparams[a].inner_lr] for a in cfg.algorithms}
 
   checkpointer = Checkpointer(run_dir.file('checkpoints'))
   ckpt = {'states': states, 'train_keys': train_keys,
@@ -793,10 +813,11 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
     run_dir.flush()
 
   chunk_times = {a: [] for a in cfg.algorithms}
-  start_iteration, start_time = iteration, time.time()
+  start_iteration, start_time = iteration, None
   while iteration < cfg.num_iterations:
     length = min(cfg.eval_every, cfg.num_iterations - iteration)
     latest = {}
+    chunk_start = time.time()
     for algorithm in cfg.algorithms:
       t0 = time.time()
       states[algorithm], metrics = runs[algorithm][length](
@@ -813,8 +834,13 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
     checkpointer.save(iteration, {'states': states, 'train_keys': train_keys,
                                   'iteration': jnp.asarray(iteration,
                                                            jnp.int32)})
-    elapsed = time.time() - start_time
-    rate = (iteration - start_iteration) / max(elapsed, 1e-9)
+    # Rate over the chunks after the first (which includes compilation).
+    if start_time is None:
+      rate = length / max(time.time() - chunk_start, 1e-9)
+      start_iteration, start_time = iteration, time.time()
+    else:
+      rate = (iteration - start_iteration) / max(time.time() - start_time,
+                                                 1e-9)
     eta = (cfg.num_iterations - iteration) / max(rate, 1e-9)
     logging.info(
         'iteration %d/%d (%.0f%%), %.1f it/s (all algorithms, %d seeds), '

@@ -53,7 +53,7 @@ def curves_by_algorithm(rows, metric):
 
 def plot_learning_curves(rows, path, *, metric='test_loss',
                          ylabel='meta-test loss', title=None, logy=True,
-                         band='std'):
+                         band='std', reference=None):
   """Loss vs meta-iterations per algorithm, mean over seeds with a band.
 
   Args:
@@ -64,6 +64,7 @@ def plot_learning_curves(rows, path, *, metric='test_loss',
     title: figure title.
     logy: log-scale y axis.
     band: 'std' (mean +- std over seeds) or 'minmax'.
+    reference: optional (value, label) drawn as a horizontal line.
 
   Returns:
     ``path``.
@@ -83,6 +84,8 @@ def plot_learning_curves(rows, path, *, metric='test_loss',
             f'({values.shape[0]} seeds)', color=color)
     if values.shape[0] > 1:
       ax.fill_between(its, lo, hi, color=color, alpha=0.2, linewidth=0)
+  if reference is not None:
+    ax.axhline(reference[0], color='k', ls=':', lw=1, label=reference[1])
   if logy:
     ax.set_yscale('log')
   ax.set_xlabel('meta-iteration')
@@ -159,13 +162,22 @@ def plot_sine_fit(x, y_true, support, predictions, path, *, title=None):
   return _save(fig, path)
 
 
+ESTIMATOR_STYLES = {
+    'zo': ('ZO (eq. 17)', 'tab:green'),
+    'ggs': ('GGS (eq. 18)', 'tab:red'),
+    'zo_centered': ('ZO with (uu^T - I) (not the paper\'s)', 'tab:gray'),
+}
+
+
 def plot_estimator_errors(results, path, *, title=None):
   """Relative Hessian-vector-product error vs delta and vs b.
 
   Args:
-    results: ``{problem: {'delta': {'x': [..], 'zo': (mean, std), 'ggs':
-      (mean, std), 'b': int}, 'b': {'x': [..], 'zo': ..., 'ggs': ...,
-      'delta': float}}}``, mean and std over draws.
+    results: ``{problem: {'delta': sweep, 'b': sweep}}`` where a sweep is
+      ``{'x': grid, 'b' or 'delta': the fixed value, 'floor': ZO bias floor,
+      est: (mean [G], std [G]), est + '_smoothing': (mean, std)}`` for the
+      estimators of ``ESTIMATOR_STYLES`` (total error solid, smoothing part
+      dashed, delta sweep only).
     path: output PNG path.
     title: figure title.
 
@@ -173,35 +185,41 @@ def plot_estimator_errors(results, path, *, title=None):
     ``path``.
   """
   problems = list(results)
-  fig, axes = plt.subplots(len(problems), 2, figsize=(9, 3.3 * len(problems)),
+  fig, axes = plt.subplots(len(problems), 2, figsize=(10, 3.6 * len(problems)),
                            squeeze=False)
   for row, name in enumerate(problems):
     for col, sweep in enumerate(('delta', 'b')):
       ax = axes[row, col]
       data = results[name][sweep]
       x = np.asarray(data['x'], float)
-      for est, color in (('zo', 'tab:green'), ('ggs', 'tab:red')):
+      for est, (label, color) in ESTIMATOR_STYLES.items():
+        if est not in data:
+          continue
         mean, std = (np.asarray(v, float) for v in data[est])
-        ax.plot(x, mean, 'o-', ms=3, color=color,
-                label='ZO (eq. 17)' if est == 'zo' else 'GGS (eq. 18)')
+        ax.plot(x, mean, 'o-', ms=3, color=color, label=label + ': total')
         lo = np.where(mean - std > 0, mean - std, mean)
-        ax.fill_between(x, lo, mean + std, color=color, alpha=0.2,
+        ax.fill_between(x, lo, mean + std, color=color, alpha=0.15,
                         linewidth=0)
+        if sweep == 'delta' and est + '_smoothing' in data and est != 'zo_centered':
+          smooth = np.asarray(data[est + '_smoothing'][0], float)
+          ax.plot(x, smooth, 's--', ms=2, lw=1, color=color,
+                  label=label.split(' ')[0] + ': smoothing part')
       if sweep == 'b':
-        ref = data['ggs'][0][0] * np.sqrt(x[0] / x)
-        ax.plot(x, ref, 'k:', lw=1, label=r'$\propto 1/\sqrt{b}$')
+        ggs = np.asarray(data['ggs'][0], float)
+        ax.plot(x, ggs[0] * np.sqrt(x[0] / x), 'k:', lw=1,
+                label=r'$\propto 1/\sqrt{b}$')
         ax.set_xlabel(f'directions b (delta = {data["delta"]:g})')
       else:
         ax.set_xlabel(f'delta (b = {data["b"]})')
       if 'floor' in data:
-        ax.axhline(data['floor'], color='tab:green', ls='--', lw=1,
-                   label='ZO bias floor (tr(H)/2 v)')
+        ax.axhline(data['floor'], color='tab:green', ls='-.', lw=1,
+                   label='ZO bias floor |tr H|/2 / |Hv|')
       ax.set_xscale('log')
       ax.set_yscale('log')
       ax.set_ylabel('relative error of Hv')
       ax.set_title(name, fontsize=10)
       ax.grid(alpha=0.3)
-      ax.legend(fontsize=7)
+      ax.legend(fontsize=6)
   if title:
     fig.suptitle(title, fontsize=11)
   return _save(fig, path)

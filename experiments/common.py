@@ -129,6 +129,14 @@ def define_training_flags():
     '--sweep_iterations meta-iterations (first seed).')
   d(flags.DEFINE_list, 'sweep_meta_lrs', None,
     'Meta learning rates tried by --sweep. Default: the experiment\'s grid.')
+  d(flags.DEFINE_integer, 'num_test_tasks', None,
+    'Fixed held-out tasks of the meta-test loss (validation tasks for '
+    '--sweep: as many, drawn separately).')
+  d(flags.DEFINE_integer, 'eval_seed', 12345,
+    'Seed of the fixed held-out test and validation tasks.')
+  d(flags.DEFINE_boolean, 'quick', False,
+    "The experiment's short preset (fewer meta-iterations, see the launcher's "
+    'docstring) unless --num_iterations/--eval_every are given.')
   d(flags.DEFINE_list, 'sweep_deltas', ['1e-3', '1e-2', '1e-1'],
     'Deltas tried by --sweep for zo_maml, ggs_maml, hf_maml.')
   d(flags.DEFINE_integer, 'sweep_iterations', None,
@@ -157,9 +165,13 @@ def set_defaults(defaults):
       FLAGS.set_default(name, value)
 
 
-def _value(name, defaults):
+def flag_or_default(name, defaults):
+  """The value of flag ``name``, or ``defaults[name]`` if it is left at None."""
   value = FLAGS[name].value
   return defaults.get(name) if value is None else value
+
+
+_value = flag_or_default
 
 
 @dataclasses.dataclass(frozen=True)

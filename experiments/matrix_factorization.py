@@ -40,24 +40,18 @@ DEFAULTS = dict(
     tasks_per_batch=10,
     num_iterations=2000,
     eval_every=100,
+    num_test_tasks=1000,
     sweep_meta_lrs=['1e-3', '3e-3', '1e-2', '3e-2'],
 )
 # --quick: a short real comparison for the README (all four algorithms).
 QUICK = dict(num_iterations=500, eval_every=50)
 
 common.define_training_flags()
+flags.adopt_module_key_flags(common)
 flags.DEFINE_integer('dim', task_lib.MF_DIM, 'd, the dimension of w and z.')
 flags.DEFINE_integer('num_samples', 1,
                      'Draws of z per support/query batch (the loss averages '
                      'over them).')
-flags.DEFINE_integer('num_test_tasks', 1000,
-                     'Fixed held-out tasks of the meta-test loss.')
-flags.DEFINE_integer('eval_seed', 12345,
-                     'Seed of the fixed held-out test and validation tasks.')
-flags.DEFINE_boolean('quick', False,
-                     'Short run (%d meta-iterations, evaluation every %d) '
-                     'unless --num_iterations/--eval_every are given.'
-                     % (QUICK['num_iterations'], QUICK['eval_every']))
 FLAGS = flags.FLAGS
 
 
@@ -106,17 +100,19 @@ def run(argv, chunk_hook=None):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
   cfg = common.training_config(NAME, defaults)
-  for name in ('dim', 'num_samples', 'num_test_tasks'):
-    if FLAGS[name].value < 1:
+  num_test_tasks = common.flag_or_default('num_test_tasks', defaults)
+  for name, value in [(n, FLAGS[n].value) for n in ('dim', 'num_samples')] + [
+      ('num_test_tasks', num_test_tasks)]:
+    if value < 1:
       raise app.UsageError(f'--{name} must be a positive integer, '
-                           f'got {FLAGS[name].value}')
+                           f'got {value}')
   run_dir = common.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
                                  default_name=NAME)
   run_dir.write_config(common.config_dict(cfg), resume=cfg.resume)
   logging.info('run folder: %s', run_dir.path)
   problem, zero_loss = make_problem(
       cfg, dim=FLAGS.dim, num_samples=FLAGS.num_samples,
-      num_test_tasks=FLAGS.num_test_tasks, eval_seed=FLAGS.eval_seed)
+      num_test_tasks=num_test_tasks, eval_seed=FLAGS.eval_seed)
   result = common.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
 
   figure = plotting.plot_learning_curves(
@@ -134,7 +130,7 @@ def run(argv, chunk_hook=None):
       f'{cfg.tasks_per_batch} tasks/iteration, meta optimizer '
       f'{cfg.meta_optimizer}, b = {cfg.num_directions}, seeds {list(cfg.seeds)}'
       f'{", hyperparameters from --sweep (sweep.json)" if cfg.sweep else ""}.'
-      f' Meta-test loss on {FLAGS.num_test_tasks} fixed held-out tasks; '
+      f' Meta-test loss on {num_test_tasks} fixed held-out tasks; '
       f'its value at w = 0 is {zero_loss:.4g} (the minimum is ~3e-6 lower).',
       common.summary_table(result),
       '![meta-test loss](meta_loss.png)',

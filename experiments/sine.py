@@ -45,24 +45,18 @@ DEFAULTS = dict(
     tasks_per_batch=25,
     num_iterations=10000,
     eval_every=1000,
+    num_test_tasks=500,
     sweep_meta_lrs=['3e-4', '1e-3', '3e-3'],
 )
 QUICK = dict(num_iterations=1000, eval_every=250)
 
 common.define_training_flags()
+flags.adopt_module_key_flags(common)
 flags.DEFINE_integer('num_support', 10, 'K, support points per task.')
 flags.DEFINE_integer('num_query', 10, 'Query points per task.')
-flags.DEFINE_integer('num_test_tasks', 500,
-                     'Fixed held-out tasks of the meta-test MSE.')
 flags.DEFINE_integer('eval_steps', 10,
                      'Largest k of the final MSE-vs-adaptation-steps curve '
                      '(k = 0..eval_steps, stepsize --inner_lr).')
-flags.DEFINE_integer('eval_seed', 12345,
-                     'Seed of the fixed held-out test and validation tasks.')
-flags.DEFINE_boolean('quick', False,
-                     'Short run (%d meta-iterations, evaluation every %d) '
-                     'unless --num_iterations/--eval_every are given.'
-                     % (QUICK['num_iterations'], QUICK['eval_every']))
 FLAGS = flags.FLAGS
 
 
@@ -146,17 +140,20 @@ def run(argv, chunk_hook=None):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
   cfg = common.training_config(NAME, defaults)
-  for name in ('num_support', 'num_query', 'num_test_tasks', 'eval_steps'):
-    if FLAGS[name].value < 1:
+  num_test_tasks = common.flag_or_default('num_test_tasks', defaults)
+  for name, value in [(n, FLAGS[n].value) for n in (
+      'num_support', 'num_query', 'eval_steps')] + [
+          ('num_test_tasks', num_test_tasks)]:
+    if value < 1:
       raise app.UsageError(f'--{name} must be a positive integer, '
-                           f'got {FLAGS[name].value}')
+                           f'got {value}')
   run_dir = common.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
                                  default_name=NAME)
   run_dir.write_config(common.config_dict(cfg), resume=cfg.resume)
   logging.info('run folder: %s', run_dir.path)
   problem, test_tasks, test_key = make_problem(
       cfg, num_support=FLAGS.num_support, num_query=FLAGS.num_query,
-      num_test_tasks=FLAGS.num_test_tasks, eval_seed=FLAGS.eval_seed)
+      num_test_tasks=num_test_tasks, eval_seed=FLAGS.eval_seed)
   result = common.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
 
   # Meta-test MSE after k = 0..eval_steps steps, every algorithm and seed.
@@ -174,12 +171,12 @@ def run(argv, chunk_hook=None):
   common.atomic_write_text(run_dir.file('kshot.json'), json.dumps({
       'steps': list(range(FLAGS.eval_steps + 1)),
       'seeds': list(cfg.seeds),
-      'num_test_tasks': FLAGS.num_test_tasks,
+      'num_test_tasks': num_test_tasks,
       'mse': {a: c.tolist() for a, c in curves.items()}}, indent=1) + '\n')
   kshot = plotting.plot_k_step_curves(
       curves, run_dir.file('kshot_mse.png'), logy=True,
       title=f'Sine K={FLAGS.num_support}: meta-test MSE vs adaptation steps '
-      f'({FLAGS.num_test_tasks} held-out tasks)')
+      f'({num_test_tasks} held-out tasks)')
   figure = plotting.plot_learning_curves(
       result.rows, run_dir.file('meta_loss.png'), metric='test_loss',
       ylabel=f'meta-test MSE (after N={cfg.num_inner_steps} steps)',
@@ -200,7 +197,7 @@ def run(argv, chunk_hook=None):
       f'{cfg.tasks_per_batch} tasks/iteration, meta optimizer '
       f'{cfg.meta_optimizer}, b = {cfg.num_directions}, seeds {list(cfg.seeds)}'
       f'{", hyperparameters from --sweep (sweep.json)" if cfg.sweep else ""}.'
-      f' Meta-test MSE on {FLAGS.num_test_tasks} fixed held-out tasks.',
+      f' Meta-test MSE on {num_test_tasks} fixed held-out tasks.',
       common.summary_table(result, metric_label='meta-test MSE after N steps'),
       'Meta-test MSE after k adaptation steps (mean +- std over seeds):\n',
       '\n'.join(lines) + '\n',

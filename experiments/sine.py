@@ -9,7 +9,7 @@ defaults here are the usual MAML sine setting of Finn et al.: alpha = 0.01,
 Adam with meta lr 1e-3, 25 tasks per meta-iteration, N = 3 (the authors' N).
 During training the meta-test loss is the query MSE after N steps on a fixed
 set of held-out tasks. At the end, every algorithm and seed is evaluated on
-the held-out tasks after k = 0..--eval_steps adaptation steps (kshot.json,
+the held-out tasks after k = 0..--kshot_steps adaptation steps (kshot.json,
 kshot_mse.png), and one held-out task is drawn in the classic picture
 (sine_fit_<algorithm>.png).
 
@@ -54,9 +54,9 @@ common.define_training_flags()
 flags.adopt_module_key_flags(common)
 flags.DEFINE_integer('num_support', 10, 'K, support points per task.')
 flags.DEFINE_integer('num_query', 10, 'Query points per task.')
-flags.DEFINE_integer('eval_steps', 10,
+flags.DEFINE_integer('kshot_steps', 10,
                      'Largest k of the final MSE-vs-adaptation-steps curve '
-                     '(k = 0..eval_steps, stepsize --inner_lr).')
+                     '(k = 0..kshot_steps, stepsize --inner_lr).')
 FLAGS = flags.FLAGS
 
 
@@ -142,7 +142,7 @@ def run(argv, chunk_hook=None):
   cfg = common.training_config(NAME, defaults)
   num_test_tasks = common.flag_or_default('num_test_tasks', defaults)
   for name, value in [(n, FLAGS[n].value) for n in (
-      'num_support', 'num_query', 'eval_steps')] + [
+      'num_support', 'num_query', 'kshot_steps')] + [
           ('num_test_tasks', num_test_tasks)]:
     if value < 1:
       raise app.UsageError(f'--{name} must be a positive integer, '
@@ -156,20 +156,20 @@ def run(argv, chunk_hook=None):
       num_test_tasks=num_test_tasks, eval_seed=FLAGS.eval_seed)
   result = common.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
 
-  # Meta-test MSE after k = 0..eval_steps steps, every algorithm and seed.
+  # Meta-test MSE after k = 0..kshot_steps steps, every algorithm and seed.
   curves = {}
   for algorithm, state in result.states.items():
     inner_lr = result.hparams[algorithm].inner_lr
     fn = jax.jit(jax.vmap(functools.partial(
         k_step_mse, tasks=test_tasks, inner_lr=inner_lr,
-        max_steps=FLAGS.eval_steps)))
+        max_steps=FLAGS.kshot_steps)))
     curves[algorithm] = np.asarray(fn(state.params))
     fit_picture(jax.tree.map(lambda x: x[0], state.params), run_dir,
                 algorithm, key=jax.random.fold_in(test_key, 99),
                 num_support=FLAGS.num_support, inner_lr=inner_lr,
-                steps=(1, FLAGS.eval_steps))
+                steps=(1, FLAGS.kshot_steps))
   common.atomic_write_text(run_dir.file('kshot.json'), json.dumps({
-      'steps': list(range(FLAGS.eval_steps + 1)),
+      'steps': list(range(FLAGS.kshot_steps + 1)),
       'seeds': list(cfg.seeds),
       'num_test_tasks': num_test_tasks,
       'mse': {a: c.tolist() for a, c in curves.items()}}, indent=1) + '\n')
@@ -183,15 +183,12 @@ def run(argv, chunk_hook=None):
       title=f'Sine regression K={FLAGS.num_support} (mean +- std over '
       f'{len(cfg.seeds)} seeds)')
 
-  lines = ['| algorithm | ' + ' | '.join(
-      f'k={k}' for k in (0, 1, 5, FLAGS.eval_steps) if k <= FLAGS.eval_steps)
-           + ' |', '|---|' + '---|' * len(
-               [k for k in (0, 1, 5, FLAGS.eval_steps)
-                if k <= FLAGS.eval_steps])]
+  shown = sorted({0, 1, 5, FLAGS.kshot_steps} & set(range(FLAGS.kshot_steps + 1)))
+  lines = ['| algorithm | ' + ' | '.join(f'k={k}' for k in shown) + ' |',
+           '|---|' + '---|' * len(shown)]
   for algorithm, c in curves.items():
     lines.append(f'| {plotting.LABELS.get(algorithm, algorithm)} | ' + ' | '.join(
-        f'{c[:, k].mean():.3f} +- {c[:, k].std():.3f}'
-        for k in (0, 1, 5, FLAGS.eval_steps) if k <= FLAGS.eval_steps) + ' |')
+        f'{c[:, k].mean():.3f} +- {c[:, k].std():.3f}' for k in shown) + ' |')
   summary = common.write_summary(run_dir, f'Sine regression, K = {FLAGS.num_support}', [
       f'{cfg.num_iterations} meta-iterations, N = {cfg.num_inner_steps}, '
       f'{cfg.tasks_per_batch} tasks/iteration, meta optimizer '

@@ -75,7 +75,7 @@ def test_sine_end_to_end(tmp_path):
   run_launcher(sine, [
       '--algorithms=maml,fo_maml', '--seeds=0,1', '--num_iterations=3',
       '--eval_every=2', '--num_test_tasks=4', '--tasks_per_batch=2',
-      '--eval_steps=2', f'--workdir={tmp_path}'])
+      '--kshot_steps=2', f'--workdir={tmp_path}'])
   run = tmp_path / sine.NAME
   check_training_outputs(run, ('maml', 'fo_maml'), [0, 1], 3)
   with open(run / 'kshot.json') as f:
@@ -152,6 +152,6 @@ def test_cli_error_is_one_line_and_help_lists_flags(tmp_path):
   for name in ('algorithms', 'num_inner_steps', 'inner_lr', 'meta_lr',
                'meta_optimizer', 'num_directions', 'delta', 'tasks_per_batch',
                'num_iterations', 'seeds', 'eval_every', 'workdir', 'resume',
-               'sweep', 'num_support', 'eval_steps'):
+               'sweep', 'num_support', 'kshot_steps'):
     assert f'--{name}' in text, name
   assert "(default: '0.001')" in text  # the sine meta lr default is shown

@@ -83,8 +83,9 @@ def test_fisher_vector_product_is_the_kl_hessian():
                fvp, ref)
 
 
-@pytest.mark.parametrize('kl_hvp', ['adapted', 'through_adaptation'])
-def test_trpo_iteration_respects_kl_bound(kl_hvp):
+def test_trpo_iteration_respects_kl_bound():
+  """MAML-RL's exact metric; the default metric runs in the resume test."""
+  kl_hvp = 'through_adaptation'
   env = envs.navigation2d()
   meta = metarl.build(env, tiny('fo_maml', kl_hvp=kl_hvp, max_kl=1e-3))
   state = meta.init(jax.random.PRNGKey(0))
@@ -138,14 +139,19 @@ def test_launcher_cli_rejects_bad_flag_quickly(tmp_path):
 
 
 def test_launcher_runs_every_algorithm(tmp_path):
-  """CI smoke run: 2 meta-iterations of each paper algorithm, tiny sizes."""
+  """CI smoke run: 2 meta-iterations of each paper algorithm, tiny sizes.
+
+  With the Adam outer step, to keep compilation short (the TRPO step is
+  compiled by the other tests).
+  """
   out = subprocess.run(
       [sys.executable, '-m', 'experiments.rl', f'--workdir={tmp_path}',
        '--run_name=smoke', '--algorithms=maml,fo_maml,zo_maml,ggs_maml',
        '--seeds=0', '--num_iterations=2', '--eval_every=2',
        '--tasks_per_batch=2', '--num_episodes=2', '--hidden=8',
-       '--num_directions=2', '--eval_tasks=2', '--eval_steps=1'],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+       '--num_directions=2', '--eval_tasks=2', '--eval_steps=1',
+       '--meta_optimizer=adam'],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   run = tmp_path / 'smoke'
   rows = [json.loads(l) for l in open(run / 'metrics.jsonl')]
@@ -185,3 +191,5 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
   train.run(env, configs, settings, resumed, resume=True, compiled=compiled)
   drop = lambda r: {k: v for k, v in r.items() if k not in ('wall_time', 'chunk_seconds')}
   assert [drop(r) for r in resumed.rows] == [drop(r) for r in full.rows]
+  kls = [r['trpo_kl'] for r in full.rows if r['kind'] == 'train']
+  assert len(kls) == 2 and max(kls) <= configs['fo_maml'].max_kl

@@ -1,0 +1,81 @@
+r"""Combines the metrics of several meta-RL runs (e.g. one per seed) into figures and a table.
+
+  python -m experiments.rl.report --runs=/tmp/rl/nav_seed0,/tmp/rl/nav_seed1 \
+      --out=experiments/rl/figures --iterations=200
+
+Uses the rows of each run's metrics.jsonl up to ``--iterations`` (all by
+default), so runs of different lengths can be compared on a common prefix.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from experiments.rl import plots
+
+flags.DEFINE_list('runs', None, 'Run folders (each with metrics.jsonl).')
+flags.DEFINE_string('out', 'experiments/rl/figures', 'Output folder for the PNGs.')
+flags.DEFINE_integer('iterations', None, 'Use iterations <= this (default: all).')
+flags.DEFINE_integer('last', 10, 'Average the training returns over the last N iterations.')
+FLAGS = flags.FLAGS
+
+
+def load_rows(runs, max_iteration=None):
+  rows = []
+  for run in runs:
+    with open(os.path.join(run, 'metrics.jsonl')) as f:
+      for line in f:
+        r = json.loads(line)
+        if max_iteration is None or r['iteration'] <= max_iteration:
+          rows.append(r)
+  return rows
+
+
+def table(rows, last=10):
+  """Markdown: per algorithm, mean +- std over seeds of the final metrics."""
+  algorithms = list(dict.fromkeys(r['algorithm'] for r in rows))
+  ev_keys = sorted({k for r in rows for k in r if k.startswith('eval_return_')},
+                   key=lambda k: int(k.rsplit('_', 1)[1]))
+  head = ('| algorithm | seeds | iterations | train return before (last '
+          f'{last}) | train return after | '
+          + ' | '.join(f'held-out, {k.rsplit("_", 1)[1]} steps' for k in ev_keys)
+          + ' | TRPO accepted step fraction (mean) | wall s / it |')
+  lines = [head, '|---' * (6 + len(ev_keys)) + '|']
+  fmt = lambda v: f'{np.mean(v):.1f} +- {np.std(v):.1f}'
+  for a in algorithms:
+    tr = [r for r in rows if r['algorithm'] == a and r.get('kind') == 'train']
+    seeds = sorted({r['seed'] for r in tr})
+    last_it = {s: max(r['iteration'] for r in tr if r['seed'] == s) for s in seeds}
+    per_seed = lambda key: [np.mean([r[key] for r in tr if r['seed'] == s
+                                     and r['iteration'] > last_it[s] - last])
+                            for s in seeds]
+    ev = [r for r in rows if r['algorithm'] == a and r.get('kind') == 'eval'
+          and r['iteration'] == last_it.get(r['seed'])]
+    frac = np.mean([r['trpo_step_frac'] for r in tr if 'trpo_step_frac' in r] or [np.nan])
+    walls = [r['wall_time'] / r['iteration'] for r in ev if r.get('wall_time')]
+    its = sorted(set(last_it.values()))
+    lines.append(
+        f'| {plots.LABELS.get(a, a)} | {len(seeds)} | {",".join(map(str, its))} | '
+        f'{fmt(per_seed("return_before"))} | {fmt(per_seed("return_after"))} | '
+        + ' | '.join(fmt([r[k] for r in ev]) for k in ev_keys)
+        + f' | {frac:.2f} | {np.mean(walls) if walls else float("nan"):.2f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  del argv
+  rows = load_rows(FLAGS.runs, FLAGS.iterations)
+  os.makedirs(FLAGS.out, exist_ok=True)
+  plots.plot_returns(rows, os.path.join(FLAGS.out, 'nav2d_returns.png'),
+                     title='2D navigation: return before (dashed) / after (solid) '
+                     'adaptation, training batches')
+  plots.plot_eval_steps(rows, os.path.join(FLAGS.out, 'nav2d_eval_steps.png'),
+                        title='2D navigation, held-out tasks')
+  print(table(rows, FLAGS.last))
+
+
+if __name__ == '__main__':
+  app.run(main)

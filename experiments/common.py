@@ -33,7 +33,7 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from absl import app
 from absl import flags

@@ -28,7 +28,6 @@ like 1/sqrt(b).
   python -m experiments.hessian_estimators --workdir=/tmp/hvp
 """
 
-import functools
 import json
 
 from absl import app

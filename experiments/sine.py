@@ -175,8 +175,7 @@ def run(argv, chunk_hook=None):
       'mse': {a: c.tolist() for a, c in curves.items()}}, indent=1) + '\n')
   kshot = plotting.plot_k_step_curves(
       curves, run_dir.file('kshot_mse.png'), logy=True,
-      title=f'Sine K={FLAGS.num_support}: meta-test MSE vs adaptation steps '
-      f'({num_test_tasks} held-out tasks)')
+      title=f'Sine K={FLAGS.num_support}, {num_test_tasks} held-out tasks')
   figure = plotting.plot_learning_curves(
       result.rows, run_dir.file('meta_loss.png'), metric='test_loss',
       ylabel=f'meta-test MSE (after N={cfg.num_inner_steps} steps)',

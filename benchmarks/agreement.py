@@ -83,16 +83,19 @@ def compare(problem: str, algorithm: str, *, num_tasks: int = 3,
             num_inner_steps: int = 3, num_directions: int = 5,
             inner_lr: float = 0.01, delta: float = 1e-2, dtype=jnp.float32,
             impl: str = 'loop', check_mean: bool = True, seed: int = 42,
-            compiler_options: Optional[dict] = None) -> dict[str, Any]:
+            compiler_options: Optional[dict] = None,
+            other_impls: tuple[str, ...] = ()) -> dict[str, Any]:
   """Relative errors between maml_jax and torch meta-gradients on one task batch.
 
   Matmuls run at full float32 precision on both sides (no TF32 on GPUs).
   (torch is imported here, so that the memory probes stay torch-free.)
 
   Returns:
-    dict with 'per_task' (list of per-task relative errors), 'max_per_task',
-    'mean' (error of the task mean from ``mj.meta_gradient``, or None),
-    'all_finite', 'dtype'.
+    dict with 'per_task' (list of per-task relative errors vs the torch
+    ``impl``), 'max_per_task', 'mean' (error of the task mean from
+    ``mj.meta_gradient``, or None), 'all_finite', 'dtype', and 'other_impls':
+    the same errors vs each torch implementation in ``other_impls`` (the JAX
+    side is computed once).
   """
   from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top
   key_setup, key = jax.random.split(jax.random.PRNGKey(seed))
@@ -117,22 +120,28 @@ def compare(problem: str, algorithm: str, *, num_tasks: int = 3,
           lambda p, k: meta_gradient_directions(p, k, num_tasks, num_inner_steps,
                                                 num_directions),
           params, key, compiler_options=compiler_options))
-  mean_torch, per_task_torch = tr.meta_gradient(
-      problem, algorithm, jax.tree.map(np.asarray, params),
-      jax.tree.map(np.asarray, tasks), inner_lr=inner_lr,
-      num_inner_steps=num_inner_steps, num_directions=num_directions,
-      delta=delta, directions=directions, impl=impl)
-  per_task = [rel_err(jax.tree.map(lambda x, i=i: x[i], per_task_jax),
-                      jax.tree.map(lambda x, i=i: x[i], per_task_torch))
-              for i in range(num_tasks)]
   all_finite = bool(np.all(np.asarray(aux.finite)))
   if check_mean:
     all_finite = all_finite and int(meta_aux.num_nonfinite) == 0
-  return {
-      'per_task': per_task,
-      'max_per_task': max(per_task),
-      'mean': rel_err(mean_jax, mean_torch) if check_mean else None,
-      'all_finite': all_finite,
-      'dtype': str(np.dtype(flat(mean_torch).dtype)),
-      'torch_dtype_ok': flat(mean_torch).dtype == np.dtype(jnp.dtype(dtype)),
-  }
+
+  def errors(torch_impl):
+    mean_torch, per_task_torch = tr.meta_gradient(
+        problem, algorithm, jax.tree.map(np.asarray, params),
+        jax.tree.map(np.asarray, tasks), inner_lr=inner_lr,
+        num_inner_steps=num_inner_steps, num_directions=num_directions,
+        delta=delta, directions=directions, impl=torch_impl)
+    per_task = [rel_err(jax.tree.map(lambda x, i=i: x[i], per_task_jax),
+                        jax.tree.map(lambda x, i=i: x[i], per_task_torch))
+                for i in range(num_tasks)]
+    return {
+        'per_task': per_task,
+        'max_per_task': max(per_task),
+        'mean': rel_err(mean_jax, mean_torch) if check_mean else None,
+        'all_finite': all_finite,
+        'dtype': str(np.dtype(flat(mean_torch).dtype)),
+        'torch_dtype_ok': flat(mean_torch).dtype == np.dtype(jnp.dtype(dtype)),
+    }
+
+  out = errors(impl)
+  out['other_impls'] = {name: errors(name) for name in other_impls}
+  return out

@@ -454,6 +454,7 @@ def markdown(results):
   lines = [f'# maml_jax benchmark results ({meta["name"]})', '',
            f'- Command: `{meta["command"]}`',
            f'- Date (UTC): {meta["date"]}; wall time {meta["wall_s"]:.0f} s',
+           f'- Git commit: {meta.get("git_commit")}',
            f'- JAX {meta["jax"]} on {meta["jax_devices"]}; PyTorch {meta["torch"]} '
            f'(CPU, {meta["torch_threads"]} threads); {meta["cpu_count"]} CPUs '
            f'({meta["processor"]})',
@@ -602,6 +603,19 @@ def plots(results, out_dir, stem):
   return written
 
 
+def _git_commit():
+  try:
+    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                         text=True, check=False,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'maml_jax'],
+                           capture_output=True, text=True, check=False,
+                           cwd=os.path.dirname(os.path.abspath(__file__)))
+    return out.stdout.strip() + (' (maml_jax/ modified)' if dirty.stdout.strip() else '')
+  except OSError:
+    return None
+
+
 def config_from_flags():
   quick = _QUICK.value
   fast = _FAST_COMPILE.value if _FAST_COMPILE.value is not None else quick
@@ -654,6 +668,7 @@ def run_benchmarks(cfg):
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M'),
       'wall_s': time.time() - t_start,
       'section_s': section_s,
+      'git_commit': _git_commit(),
       'jax': jax.__version__, 'torch': torch.__version__,
       'jax_devices': f'{dev.platform}: {getattr(dev, "device_kind", "")} '
                      f'x{jax.device_count()}',

@@ -73,15 +73,15 @@ def test_matrix_factorization_end_to_end(tmp_path):
 
 def test_sine_end_to_end(tmp_path):
   run_launcher(sine, [
-      '--algorithms=maml,fo_maml', '--seeds=0,1', '--num_iterations=3',
+      '--algorithms=maml,fo_maml', '--seeds=0', '--num_iterations=2',
       '--eval_every=2', '--num_test_tasks=4', '--tasks_per_batch=2',
       '--kshot_steps=2', f'--workdir={tmp_path}'])
   run = tmp_path / sine.NAME
-  check_training_outputs(run, ('maml', 'fo_maml'), [0, 1], 3)
+  check_training_outputs(run, ('maml', 'fo_maml'), [0], 2)
   with open(run / 'kshot.json') as f:
     kshot = json.load(f)
   assert kshot['steps'] == [0, 1, 2]
-  assert len(kshot['mse']['maml']) == 2 and len(kshot['mse']['maml'][0]) == 3
+  assert len(kshot['mse']['maml']) == 1 and len(kshot['mse']['maml'][0]) == 3
   for name in ('kshot_mse.png', 'sine_fit_maml.png', 'sine_fit_fo_maml.png'):
     assert (run / name).stat().st_size > 1000
 

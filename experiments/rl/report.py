@@ -19,6 +19,11 @@ from experiments.rl import plots
 flags.DEFINE_list('runs', None, 'Run folders (each with metrics.jsonl).')
 flags.DEFINE_string('out', 'experiments/rl/figures', 'Output folder for the PNGs.')
 flags.DEFINE_integer('iterations', None, 'Use iterations <= this (default: all).')
+flags.DEFINE_string('trajectories_from', None,
+                    'Run folder whose latest checkpoint gives the policies of '
+                    'the trajectory pictures (first seed).')
+flags.DEFINE_list('trajectory_algorithms', ['maml', 'fo_maml'],
+                  'Algorithms drawn by --trajectories_from.')
 flags.DEFINE_integer('last', 10, 'Average the training returns over the last N iterations.')
 FLAGS = flags.FLAGS
 
@@ -65,6 +70,47 @@ def table(rows, last=10):
   return '\n'.join(lines) + '\n'
 
 
+def plot_trajectories_from(run, algorithms, out):
+  """Trajectory pictures of the latest checkpoint of ``run`` (first seed)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments.rl import envs  # pylint: disable=g-import-not-at-top
+  from experiments.rl import metarl  # pylint: disable=g-import-not-at-top
+  from experiments.rl import train  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(run, 'config.json')) as f:
+    config = json.load(f)
+  settings = config['settings']
+  env = envs.make_env(settings['env'])
+  configs = {}
+  for a, c in config['rl_configs'].items():
+    c['hidden'] = tuple(c['hidden'])
+    configs[a] = metarl.RLConfig(**c)
+  metas = {a: metarl.build(env, c) for a, c in configs.items()}
+  init_keys, train_keys = common.seed_keys(settings['seeds'])
+  states = {a: jax.vmap(m.init)(init_keys) for a, m in metas.items()}
+  checkpointer = common.Checkpointer(os.path.join(run, 'checkpoints'))
+  step = checkpointer.latest_step()
+  like = {'states': {a: train._state_tree(s) for a, s in states.items()},  # pylint: disable=protected-access
+          'train_keys': train_keys, 'iteration': jnp.zeros((), jnp.int32),
+          'wall': {a: jnp.zeros(()) for a in configs}}
+  ckpt = checkpointer.restore(step, like)
+  paths = []
+  for a in algorithms:
+    if a not in metas:
+      continue
+    params = jax.tree.map(lambda x: x[0], ckpt['states'][a]['params'])
+    _, goals, obs = jax.jit(lambda p, m=metas[a]: metarl.evaluate(
+        m, p, jax.random.PRNGKey(train.EVAL_SEED), num_tasks=4, num_steps=2))(params)
+    path = os.path.join(out, f'nav2d_trajectories_{a}.png')
+    plots.plot_trajectories(np.asarray(goals), np.asarray(obs), path,
+                            title=f'{plots.LABELS.get(a, a)}, seed {settings["seeds"][0]}, '
+                            f'iteration {step}: 3 episodes after 0 / 1 / 2 inner steps')
+    paths.append(path)
+  checkpointer.close()
+  return paths
+
+
 def main(argv):
   del argv
   rows = load_rows(FLAGS.runs, FLAGS.iterations)
@@ -75,6 +121,9 @@ def main(argv):
   plots.plot_eval_steps(rows, os.path.join(FLAGS.out, 'nav2d_eval_steps.png'),
                         title='2D navigation, held-out tasks')
   print(table(rows, FLAGS.last))
+  if FLAGS.trajectories_from:
+    print(plot_trajectories_from(FLAGS.trajectories_from,
+                                 FLAGS.trajectory_algorithms, FLAGS.out))
 
 
 if __name__ == '__main__':

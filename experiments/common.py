@@ -640,6 +640,54 @@ class Problem(NamedTuple):
   sampler: Optional[Callable] = None
 
 
+def held_out_loss(loss_fn, params, tasks, *, inner_lr, num_inner_steps):
+  """Mean query loss over ``tasks`` before and after ``num_inner_steps`` (mj.adapt)."""
+
+  def one(support, query):
+    adapted, _ = mj.adapt(loss_fn, params, support, inner_lr=inner_lr,
+                          num_steps=num_inner_steps)
+    return loss_fn(params, query), loss_fn(adapted, query)
+
+  before, after = jax.vmap(one)(tasks.support, tasks.query)
+  return jnp.mean(before), jnp.mean(after)
+
+
+def supervised_problem(cfg, *, loss_fn, init_params, sample, num_test_tasks,
+                       eval_seed):
+  """The ``Problem`` of tasks with fixed support/query batches (MF, sine).
+
+  Args:
+    cfg: the ``TrainConfig`` (for ``num_inner_steps`` and ``tasks_per_batch``).
+    loss_fn: ``loss_fn(params, batch) -> scalar``.
+    init_params: ``init_params(key) -> params``.
+    sample: ``sample(key, num_tasks) -> mj.Task``.
+    num_test_tasks: size of the fixed test set and of the validation set.
+    eval_seed: seed of both fixed sets.
+
+  Returns:
+    (``Problem`` whose evaluate/validate report the query loss after
+    ``cfg.num_inner_steps`` adaptation steps, the test tasks, their key).
+  """
+  k_test, k_val = jax.random.split(jax.random.PRNGKey(eval_seed))
+  test_tasks = sample(k_test, num_test_tasks)
+  val_tasks = sample(k_val, num_test_tasks)
+
+  def evaluate(params, *, inner_lr):
+    before, after = held_out_loss(loss_fn, params, test_tasks,
+                                  inner_lr=inner_lr,
+                                  num_inner_steps=cfg.num_inner_steps)
+    return {'test_loss': after, 'test_loss_before': before}
+
+  def validate(params, *, inner_lr):
+    return held_out_loss(loss_fn, params, val_tasks, inner_lr=inner_lr,
+                         num_inner_steps=cfg.num_inner_steps)[1]
+
+  problem = Problem(loss_fn=loss_fn, init_params=init_params,
+                    sample_tasks=lambda key: sample(key, cfg.tasks_per_batch),
+                    evaluate=evaluate, validate=validate)
+  return problem, test_tasks, k_test
+
+
 class TrainResult(NamedTuple):
   """Output of ``train``.
 

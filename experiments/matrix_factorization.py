@@ -55,43 +55,19 @@ flags.DEFINE_integer('num_samples', 1,
 FLAGS = flags.FLAGS
 
 
-def held_out_loss(params, tasks, *, inner_lr, num_inner_steps):
-  """Mean query loss over ``tasks`` before and after N inner steps."""
-  def one(support, query):
-    adapted, _ = common.mj.adapt(models.mf_loss, params, support,
-                                 inner_lr=inner_lr, num_steps=num_inner_steps)
-    return models.mf_loss(params, query), models.mf_loss(adapted, query)
-  before, after = jax.vmap(one)(tasks.support, tasks.query)
-  return jnp.mean(before), jnp.mean(after)
-
-
 def make_problem(cfg, *, dim, num_samples, num_test_tasks, eval_seed):
   """(``common.Problem`` of rank-one matrix factorization, test loss at w=0)."""
   sample = functools.partial(task_lib.matrix_factorization_tasks, dim=dim,
                              num_samples=num_samples)
-  k_test, k_val = jax.random.split(jax.random.PRNGKey(eval_seed))
-  test_tasks = sample(k_test, num_test_tasks)
-  val_tasks = sample(k_val, num_test_tasks)
-
-  def evaluate(params, *, inner_lr):
-    before, after = held_out_loss(params, test_tasks, inner_lr=inner_lr,
-                                  num_inner_steps=cfg.num_inner_steps)
-    return {'test_loss': after, 'test_loss_before': before}
-
-  def validate(params, *, inner_lr):
-    return held_out_loss(params, val_tasks, inner_lr=inner_lr,
-                         num_inner_steps=cfg.num_inner_steps)[1]
-
+  problem, test_tasks, _ = common.supervised_problem(
+      cfg, loss_fn=models.mf_loss,
+      init_params=lambda key: models.init_mf_params(key, dim),
+      sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
   # The meta-test loss at w = 0, (1/4) E|z|^4: w = 0 is a stationary point and
   # the optimum is only (1/4)(E sigma^2)^2 ~ 3e-6 below it.
   zero = jnp.mean(jax.vmap(models.mf_loss, in_axes=(None, 0))(
       jnp.zeros((dim,)), test_tasks.query))
-  return common.Problem(
-      loss_fn=models.mf_loss,
-      init_params=lambda key: models.init_mf_params(key, dim),
-      sample_tasks=lambda key: sample(key, cfg.tasks_per_batch),
-      evaluate=evaluate,
-      validate=validate), float(zero)
+  return problem, float(zero)
 
 
 def run(argv, chunk_hook=None):

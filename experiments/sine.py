@@ -32,7 +32,6 @@ from experiments import models
 from experiments import plotting
 from experiments import tasks as task_lib
 
-mj = common.mj
 
 NAME = 'sine'
 DEFAULTS = dict(
@@ -72,40 +71,13 @@ def k_step_mse(params, tasks, *, inner_lr, max_steps):
   return jnp.mean(jax.vmap(one)(tasks.support, tasks.query), axis=0)
 
 
-def held_out_mse(params, tasks, *, inner_lr, num_inner_steps):
-  """Mean query MSE over ``tasks`` before and after N inner steps."""
-  def one(support, query):
-    adapted, _ = mj.adapt(models.sine_loss, params, support,
-                          inner_lr=inner_lr, num_steps=num_inner_steps)
-    return models.sine_loss(params, query), models.sine_loss(adapted, query)
-  before, after = jax.vmap(one)(tasks.support, tasks.query)
-  return jnp.mean(before), jnp.mean(after)
-
-
 def make_problem(cfg, *, num_support, num_query, num_test_tasks, eval_seed):
   """The ``common.Problem`` of sine regression, and the held-out test tasks."""
   sample = functools.partial(task_lib.sine_tasks, num_support=num_support,
                              num_query=num_query)
-  k_test, k_val = jax.random.split(jax.random.PRNGKey(eval_seed))
-  test_tasks = sample(k_test, num_test_tasks)
-  val_tasks = sample(k_val, num_test_tasks)
-
-  def evaluate(params, *, inner_lr):
-    before, after = held_out_mse(params, test_tasks, inner_lr=inner_lr,
-                                 num_inner_steps=cfg.num_inner_steps)
-    return {'test_loss': after, 'test_loss_before': before}
-
-  def validate(params, *, inner_lr):
-    return held_out_mse(params, val_tasks, inner_lr=inner_lr,
-                        num_inner_steps=cfg.num_inner_steps)[1]
-
-  problem = common.Problem(
-      loss_fn=models.sine_loss,
-      init_params=models.init_sine_params,
-      sample_tasks=lambda key: sample(key, cfg.tasks_per_batch),
-      evaluate=evaluate,
-      validate=validate)
-  return problem, test_tasks, k_test
+  return common.supervised_problem(
+      cfg, loss_fn=models.sine_loss, init_params=models.init_sine_params,
+      sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
 
 
 def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,

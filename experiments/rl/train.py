@@ -20,7 +20,6 @@ not supported for RL.
 """
 
 import functools
-import json
 import os
 import time
 

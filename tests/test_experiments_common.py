@@ -5,30 +5,16 @@ import os
 import shutil
 
 from absl import app
-from absl import flags
-from absl.testing import flagsaver
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import common
+from launcher_util import run_launcher
 from experiments import matrix_factorization as mf
 
-FLAGS = flags.FLAGS
 TIME_KEYS = ('wall_time', 'chunk_seconds')
-
-
-def run_launcher(module, args, **kwargs):
-  """Runs ``module.run`` in-process with ``args`` parsed as its command line."""
-  saved = flagsaver.save_flag_values()
-  try:
-    FLAGS.unparse_flags()
-    FLAGS(['prog'] + list(args))
-    return module.run(['prog'], **kwargs)
-  finally:
-    FLAGS.unparse_flags()
-    flagsaver.restore_flag_values(saved)
 
 
 def load_rows(path, drop=TIME_KEYS):

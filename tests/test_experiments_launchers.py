@@ -12,29 +12,15 @@ import sys
 import time
 
 from absl import app
-from absl import flags
-from absl.testing import flagsaver
 import pytest
 
 from experiments import common
+from launcher_util import run_launcher
 from experiments import hessian_estimators
 from experiments import matrix_factorization as mf
 from experiments import sine
 
-FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_launcher(module, args, **kwargs):
-  """Runs ``module.run`` in-process with ``args`` parsed as its command line."""
-  saved = flagsaver.save_flag_values()
-  try:
-    FLAGS.unparse_flags()
-    FLAGS(['prog'] + list(args))
-    return module.run(['prog'], **kwargs)
-  finally:
-    FLAGS.unparse_flags()
-    flagsaver.restore_flag_values(saved)
 
 
 def check_training_outputs(run, algorithms, seeds, num_evals):

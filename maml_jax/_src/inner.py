@@ -21,15 +21,19 @@ from maml_jax._src import oracles
 from maml_jax._src import validation
 
 
+def _check_sampler(sampler, name):
+  if sampler is None:
+    raise ValueError(
+        f'{name} is Sampled but the estimator was built without a sampler; '
+        'pass sampler=fn(params, data, key) -> batch to the factory.')
+
+
 def step_batch(spec, j, params, key, sampler, name):
   """The batch of inner step ``j`` (a traced index) described by ``spec``."""
   if isinstance(spec, base.PerStep):
     return jax.tree.map(lambda x: x[j], spec.batches)
   if isinstance(spec, base.Sampled):
-    if sampler is None:
-      raise ValueError(
-          f'{name} is Sampled but the estimator was built without a sampler; '
-          'pass sampler=fn(params, data, key) -> batch to the factory.')
+    _check_sampler(sampler, name)
     return jax.lax.stop_gradient(
         sampler(jax.lax.stop_gradient(params), spec.data, key))
   return spec
@@ -40,8 +44,7 @@ def example_batch(spec, params, sampler, name, key):
   if isinstance(spec, base.PerStep):
     return jax.tree.map(lambda x: x[0], spec.batches)
   if isinstance(spec, base.Sampled):
-    if sampler is None:
-      step_batch(spec, 0, params, None, None, name)  # raises the message
+    _check_sampler(sampler, name)
     return jax.eval_shape(sampler, params, spec.data, key)
   return spec
 

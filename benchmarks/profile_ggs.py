@@ -11,7 +11,6 @@ Times (min and median ms, interleaved so load noise hits all alike):
   * the jitted train step vs the fused run per iteration.
 """
 
-import time
 
 from absl import app
 from absl import flags
@@ -22,6 +21,7 @@ import torch
 
 import maml_jax as mj
 from benchmarks import agreement
+from benchmarks import timing
 from experiments import tasks as task_lib
 
 _REPEATS = flags.DEFINE_integer('repeats', 15, 'Timed repeats per case.')
@@ -30,12 +30,7 @@ T, N, B, ALPHA, DELTA = 25, 3, 10, 0.01, 1e-2
 
 
 def _ms(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(1e3 * (time.perf_counter() - t0))
+  times = timing.time_ms(fn, repeats)
   return min(times), float(np.median(times))
 
 

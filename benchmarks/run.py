@@ -48,6 +48,7 @@ import torch
 import maml_jax as mj
 from benchmarks import agreement
 from benchmarks import memory
+from benchmarks import timing
 from benchmarks import torch_reference as tr
 from experiments import tasks as task_lib
 
@@ -126,13 +127,7 @@ MiB = 2.0 ** 20
 # Helpers.
 # ----------------------------------------------------------------------------
 def _median_ms(fn, repeats, warmup=1):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(1e3 * (time.perf_counter() - t0))
+  times = timing.time_ms(fn, repeats, warmup)
   return statistics.median(times), times
 
 

@@ -6,13 +6,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-LABELS = {
-    'maml': 'MAML',
-    'fo_maml': 'FO-MAML',
-    'zo_maml': 'ZO-MAML',
-    'ggs_maml': 'GGS-MAML',
-    'hf_maml': 'HF-MAML',
-}
+from experiments.common import LABELS  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 COLORS = {
     'maml': 'tab:blue',
     'fo_maml': 'tab:orange',

@@ -61,7 +61,13 @@ _SECTIONS = flags.DEFINE_list(
 _PROBLEMS = flags.DEFINE_list('problems', ['sine', 'mf'], 'Problems of the main table.')
 _ALGORITHMS = flags.DEFINE_list('algorithms', list(tr.ALGORITHMS),
                                 'Algorithms of the main table.')
-_REPEATS = flags.DEFINE_integer('repeats', None, 'Timed repeats (median).')
+_REPEATS = flags.DEFINE_integer(
+    'repeats', None, 'Timed calls per case (per round in the main table; '
+    'default: main 4 per round for the jitted step, 2 for PyTorch and the fused '
+    'run; sweeps 5).', lower_bound=1)
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', None, 'Main table: rounds in which every implementation of a row '
+    'is timed in turn (default 5; 1 with --quick).', lower_bound=1)
 _FUSED_ITERATIONS = flags.DEFINE_integer(
     'fused_iterations', None, 'Meta-iterations per fused compiled call.')
 _SWEEP_TORCH = flags.DEFINE_bool('sweep_torch', True,
@@ -121,6 +127,7 @@ TARGETS = {  # (problem, algorithm): minimum speedup of fused maml_jax
     'remat_peak_ratio_256_vs_16': 4.0,
 }
 MiB = 2.0 ** 20
+_DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------
@@ -171,10 +178,13 @@ def _estimator(algorithm, loss_fn, hp):
 
 
 # ----------------------------------------------------------------------------
-# Timers.
+# Timers. Each ``prepare_*`` builds (and compiles) one implementation and
+# returns a case: ``once`` runs one timed call, ``enter`` (optional) is called
+# before each round of calls (PyTorch's thread count), ``divisor`` converts
+# call time to time per meta-iteration, ``info`` carries compile time etc.
 # ----------------------------------------------------------------------------
-def time_jax_step(problem, algorithm, hp, *, repeats, compiler_options):
-  """maml_jax jitted meta-train step on a fixed task batch: ms, compile, memory."""
+def prepare_jax_step(problem, algorithm, hp, *, compiler_options):
+  """maml_jax jitted meta-train step on a fixed task batch."""
   loss_fn, params, tasks = _setup(problem, hp)
   opt = _optimizer(hp)
   step = mj.make_train_step(_estimator(algorithm, loss_fn, hp), opt)
@@ -192,16 +202,11 @@ def time_jax_step(problem, algorithm, hp, *, repeats, compiler_options):
     jax.block_until_ready((new_state, metrics))
     holder['state'] = new_state
 
-  with memory.PeakRSS() as rss:
-    ms, times = _median_ms(once, repeats)
-  return {'ms': ms, 'times_ms': times, 'compile_s': compile_s,
-          'xla_memory': memory.analysis_bytes(compiled),
-          'rss_peak_mib': rss.peak, 'rss_increase_mib': rss.increase,
-          'device_peak_bytes': memory.device_peak_bytes()}
+  return {'once': once, 'divisor': 1,
+          'info': {'compile_s': compile_s, 'xla_memory': memory.analysis_bytes(compiled)}}
 
 
-def time_jax_fused(problem, algorithm, hp, *, repeats, num_iterations,
-                   compiler_options):
+def prepare_jax_fused(problem, algorithm, hp, *, num_iterations, compiler_options):
   """maml_jax fused run: ``num_iterations`` meta-iterations per compiled call."""
   loss_fn, params, _ = _setup(problem, hp)
   opt = _optimizer(hp)
@@ -219,39 +224,16 @@ def time_jax_fused(problem, algorithm, hp, *, repeats, num_iterations,
     jax.block_until_ready((new_state, metrics))
     holder['state'] = new_state
 
-  with memory.PeakRSS() as rss:
-    ms, times = _median_ms(once, repeats)
-  finite = bool(np.all(np.isfinite(jax.tree.leaves(holder['state'].params)[0])))
-  return {'ms': ms / num_iterations, 'call_ms': ms, 'times_ms': times,
-          'num_iterations': num_iterations, 'compile_s': compile_s,
-          'xla_memory': memory.analysis_bytes(compiled), 'params_finite': finite,
-          'rss_peak_mib': rss.peak, 'rss_increase_mib': rss.increase,
-          'device_peak_bytes': memory.device_peak_bytes()}
+  def finite():
+    return bool(np.all(np.isfinite(jax.tree.leaves(holder['state'].params)[0])))
+
+  return {'once': once, 'divisor': num_iterations, 'finite': finite,
+          'info': {'num_iterations': num_iterations, 'compile_s': compile_s,
+                   'xla_memory': memory.analysis_bytes(compiled)}}
 
 
-def time_torch(problem, algorithm, hp, *, impl, repeats, threads=(None,)):
-  """PyTorch meta-iteration on a fixed task batch, best over ``threads`` settings.
-
-  Small-tensor PyTorch code can be much slower with 2 intra-op threads than
-  with 1 on a loaded machine (threads wait on each other), so every thread
-  count in ``threads`` (None: torch's default) is timed and the fastest
-  median is reported, with all of them in 'by_threads'.
-  """
-  default = torch.get_num_threads()
-  by_threads = {}
-  try:
-    for n in threads:
-      torch.set_num_threads(default if n is None else int(n))
-      by_threads[str(torch.get_num_threads())] = _time_torch_once(
-          problem, algorithm, hp, impl=impl, repeats=repeats)
-  finally:
-    torch.set_num_threads(default)
-  best = min(by_threads, key=lambda k: by_threads[k]['ms'])
-  return dict(by_threads[best], threads=int(best),
-              by_threads={k: v['ms'] for k, v in by_threads.items()})
-
-
-def _time_torch_once(problem, algorithm, hp, *, impl, repeats):
+def prepare_torch(problem, algorithm, hp, *, impl, threads=None):
+  """PyTorch meta-iteration on a fixed task batch, with ``threads`` intra-op threads."""
   _, params, tasks = _setup(problem, hp)
   np_params = jax.tree.map(np.asarray, params)
   tt = {'support': tr.to_torch_batch(jax.tree.map(np.asarray, tasks.support)),
@@ -263,10 +245,60 @@ def _time_torch_once(problem, algorithm, hp, *, impl, repeats):
                            num_directions=hp['num_directions'], delta=hp['delta'])
   if hp['optimizer'] == 'sgd':
     trainer.optimizer = torch.optim.SGD(trainer.params, lr=hp['meta_lr'])
-  with memory.PeakRSS() as rss:
-    ms, times = _median_ms(lambda: trainer.step(tt), repeats)
-  return {'ms': ms, 'times_ms': times, 'rss_peak_mib': rss.peak,
-          'rss_increase_mib': rss.increase}
+  n = _DEFAULT_TORCH_THREADS if threads is None else int(threads)
+  return {'once': lambda: trainer.step(tt), 'divisor': 1,
+          'enter': lambda: torch.set_num_threads(n), 'info': {'threads': n}}
+
+
+def measure(case, repeats):
+  """Times one case alone: median ms per meta-iteration and the raw times."""
+  if 'enter' in case:
+    case['enter']()
+  try:
+    times = timing.time_ms(case['once'], repeats)
+  finally:
+    torch.set_num_threads(_DEFAULT_TORCH_THREADS)
+  d = case['divisor']
+  return dict(case['info'], ms=statistics.median(times) / d,
+              times_ms=[t / d for t in times])
+
+
+def interleaved(cases, *, rounds, repeats):
+  """Times several cases in alternating rounds, so that load drift hits all.
+
+  Round r calls every case ``repeats[name]`` times (after one untimed warm-up
+  call in round 0); the peak RSS of each case is taken over its first round.
+
+  Returns:
+    {name: info + ms (median of all calls, per meta-iteration), times_ms,
+    round_ms (the median of each round), rss_peak_mib, rss_increase_mib}.
+  """
+  out = {name: dict(c['info'], times_ms=[], round_ms=[]) for name, c in cases.items()}
+  try:
+    for r in range(rounds):
+      for name, c in cases.items():
+        if 'enter' in c:
+          c['enter']()
+        with memory.PeakRSS() as rss:
+          times = timing.time_ms(c['once'], repeats[name], warmup=1 if r == 0 else 0)
+        if r == 0:
+          out[name].update(rss_peak_mib=rss.peak, rss_increase_mib=rss.increase)
+        times = [t / c['divisor'] for t in times]
+        out[name]['times_ms'] += times
+        out[name]['round_ms'].append(statistics.median(times))
+  finally:
+    torch.set_num_threads(_DEFAULT_TORCH_THREADS)
+  for res in out.values():
+    res['ms'] = statistics.median(res['times_ms'])
+  return out
+
+
+def ratio_stats(num, den):
+  """Speedup num/den: ratio of medians, and median/min/max of per-round ratios."""
+  per_round = [a / b for a, b in zip(num['round_ms'], den['round_ms'])]
+  return {'ratio': num['ms'] / den['ms'], 'round_median': statistics.median(per_round),
+          'round_min': min(per_round), 'round_max': max(per_round),
+          'per_round': per_round}
 
 
 # ----------------------------------------------------------------------------
@@ -299,38 +331,50 @@ def run_agreement(cfg):
 
 
 def run_main(cfg):
+  """The main table: every implementation of a row timed in interleaved rounds."""
   rows = []
   for problem in cfg['problems']:
     hp = cfg['hp'][problem]
     for algorithm in cfg['algorithms']:
       row = {'problem': problem, 'algorithm': algorithm, 'hparams': hp}
-      row['torch_loop'] = time_torch(problem, algorithm, hp, impl='loop',
-                                     repeats=cfg['torch_repeats'],
-                                     threads=cfg['torch_threads'])
-      row['torch_func'] = time_torch(problem, algorithm, hp, impl='func',
-                                     repeats=cfg['torch_repeats'],
-                                     threads=cfg['torch_threads'])
-      row['jax_step'] = time_jax_step(problem, algorithm, hp,
-                                      repeats=cfg['repeats'],
-                                      compiler_options=cfg['compiler_options'])
-      row['jax_fused'] = time_jax_fused(
-          problem, algorithm, hp, repeats=cfg['repeats'],
-          num_iterations=cfg['fused_iterations'],
+      cases, repeats = {}, {}
+      for impl in ('loop', 'func'):
+        for n in cfg['torch_threads']:
+          name = f'torch_{impl}@{n}'
+          cases[name] = prepare_torch(problem, algorithm, hp, impl=impl, threads=n)
+          repeats[name] = cfg['torch_repeats']
+      cases['jax_step'] = prepare_jax_step(problem, algorithm, hp,
+                                           compiler_options=cfg['compiler_options'])
+      repeats['jax_step'] = cfg['repeats']
+      cases['jax_fused'] = prepare_jax_fused(
+          problem, algorithm, hp, num_iterations=cfg['fused_iterations'],
           compiler_options=cfg['compiler_options'])
-      loop_ms, func_ms = row['torch_loop']['ms'], row['torch_func']['ms']
-      best = min(loop_ms, func_ms)
-      row['best_torch'] = {'ms': best, 'impl': 'loop' if loop_ms <= func_ms else 'func'}
-      step_ms, fused_ms = row['jax_step']['ms'], row['jax_fused']['ms']
-      row['speedup'] = {
-          'fused_vs_torch_loop': loop_ms / fused_ms,
-          'fused_vs_best_torch': best / fused_ms,
-          'step_vs_torch_loop': loop_ms / step_ms,
-          'step_vs_best_torch': best / step_ms,
+      repeats['jax_fused'] = cfg['fused_repeats']
+      res = interleaved(cases, rounds=cfg['rounds'], repeats=repeats)
+      for impl in ('loop', 'func'):  # fastest thread count of each PyTorch version
+        by_threads = {str(n): res[f'torch_{impl}@{n}'] for n in cfg['torch_threads']}
+        best = min(by_threads, key=lambda n: by_threads[n]['ms'])
+        row[f'torch_{impl}'] = dict(by_threads[best], by_threads={
+            n: r['ms'] for n, r in by_threads.items()})
+      row['jax_step'] = res['jax_step']
+      row['jax_fused'] = dict(res['jax_fused'],
+                              params_finite=cases['jax_fused']['finite']())
+      loop, func = row['torch_loop'], row['torch_func']
+      best = loop if loop['ms'] <= func['ms'] else func
+      row['best_torch'] = {'ms': best['ms'], 'impl': 'loop' if best is loop else 'func'}
+      stats = {
+          'fused_vs_torch_loop': ratio_stats(loop, row['jax_fused']),
+          'fused_vs_best_torch': ratio_stats(best, row['jax_fused']),
+          'step_vs_torch_loop': ratio_stats(loop, row['jax_step']),
+          'step_vs_best_torch': ratio_stats(best, row['jax_step']),
       }
+      row['speedup_stats'] = stats
+      # Headline: the median of the per-round ratios (robust to load drift).
+      row['speedup'] = {k: v['round_median'] for k, v in stats.items()}
       logging.info('%s %s: torch loop %.2f ms, func %.2f ms, jax step %.3f ms, '
                    'fused %.3f ms (x%.1f vs loop, x%.1f vs best)', problem,
-                   algorithm, loop_ms, func_ms, step_ms, fused_ms,
-                   row['speedup']['fused_vs_torch_loop'],
+                   algorithm, loop['ms'], func['ms'], row['jax_step']['ms'],
+                   row['jax_fused']['ms'], row['speedup']['fused_vs_torch_loop'],
                    row['speedup']['fused_vs_best_torch'])
       rows.append(row)
   return rows
@@ -348,8 +392,9 @@ def run_sweep(name, cfg):
     ms, comp = [], []
     for v in spec['values']:
       hp = dict(base, **{param: v})
-      res = time_jax_step(problem, algorithm, hp, repeats=cfg['sweep_repeats'],
-                          compiler_options=cfg['compiler_options'])
+      res = measure(prepare_jax_step(problem, algorithm, hp,
+                                     compiler_options=cfg['compiler_options']),
+                    cfg['sweep_repeats'])
       ms.append(res['ms'])
       comp.append(res['compile_s'])
       logging.info('sweep %s=%s %s: jax %.3f ms', param, v, algorithm, res['ms'])
@@ -361,9 +406,10 @@ def run_sweep(name, cfg):
       ms = []
       for v in spec['values']:
         hp = dict(base, **{param: v})
-        ms.append(time_torch(problem, algorithm, hp, impl='loop',
-                             repeats=cfg['sweep_torch_repeats'],
-                             threads=cfg['torch_threads'])['ms'])
+        ms.append(min(
+            measure(prepare_torch(problem, algorithm, hp, impl='loop', threads=n),
+                    cfg['sweep_torch_repeats'])['ms']
+            for n in cfg['torch_threads']))
         logging.info('sweep %s=%s %s: torch loop %.2f ms', param, v, algorithm, ms[-1])
       out['torch_loop_ms'][algorithm] = ms
       out['fit_torch'][algorithm] = _linear_fit(spec['values'], ms)
@@ -444,6 +490,10 @@ def _fmt(x, digits=2):
   return str(x)
 
 
+def cfg_rounds(results):
+  return results['meta']['config']['rounds']
+
+
 def markdown(results):
   meta = results['meta']
   lines = [f'# maml_jax benchmark results ({meta["name"]})', '',
@@ -470,23 +520,32 @@ def markdown(results):
     lines.append('')
   if results.get('main'):
     lines += ['## Time per meta-iteration', '',
+              f'Every implementation of a row is timed in turn, in {cfg_rounds(results)} '
+              'rounds, so that load drift hits all of them; ms are medians over all '
+              'calls, speedups are the median of the per-round ratios, with their '
+              'range over the rounds in brackets.', '',
               '| problem | algorithm | torch loop ms | torch.func ms | jax step ms '
               '| jax fused ms | fused vs loop | fused vs best torch | step vs loop '
               '| compile s (step / fused) | XLA peak MiB (step) | torch threads (loop / func) |',
               '|---|---|---|---|---|---|---|---|---|---|---|---|']
+
+    def speedup(r, name):
+      st = r['speedup_stats'][name]
+      return f'{st["round_median"]:.1f}x ({st["round_min"]:.1f}-{st["round_max"]:.1f})'
+
     for r in results['main']:
-      s = r['speedup']
       xla = r['jax_step']['xla_memory'].get('peak')
       lines.append(
           f'| {r["problem"]} | {r["algorithm"]} | {r["torch_loop"]["ms"]:.2f} '
           f'| {r["torch_func"]["ms"]:.2f} | {r["jax_step"]["ms"]:.3f} '
-          f'| {r["jax_fused"]["ms"]:.3f} | {s["fused_vs_torch_loop"]:.1f}x '
-          f'| {s["fused_vs_best_torch"]:.1f}x | {s["step_vs_torch_loop"]:.1f}x '
+          f'| {r["jax_fused"]["ms"]:.3f} | {speedup(r, "fused_vs_torch_loop")} '
+          f'| {speedup(r, "fused_vs_best_torch")} | {speedup(r, "step_vs_torch_loop")} '
           f'| {r["jax_step"]["compile_s"]:.1f} / {r["jax_fused"]["compile_s"]:.1f} '
           f'| {_fmt(None if xla is None else xla / MiB, 3)} '
           f'| {r["torch_loop"]["threads"]} / {r["torch_func"]["threads"]} |')
-    lines += ['', 'Peak RSS of each timed phase (MiB; process high-water mark reset '
-              'before the phase; increase over the RSS at its start in brackets):', '',
+    lines += ['', 'Peak RSS while each implementation ran its first round (MiB; process '
+              'high-water mark reset before it; increase over the RSS at its start in '
+              'brackets):', '',
               '| problem | algorithm | torch loop | torch.func | jax step | jax fused |',
               '|---|---|---|---|---|---|']
     for r in results['main']:
@@ -625,9 +684,11 @@ def config_from_flags():
       'sweep_problem': 'mf' if quick else 'sine',
       'torch_threads': _TORCH_THREADS.value or [1],
       'hp': QUICK if quick else FULL,
-      'repeats': _REPEATS.value or (2 if quick else 7),
+      'rounds': _ROUNDS.value or (1 if quick else 5),
+      'repeats': _REPEATS.value or (2 if quick else 4),
+      'fused_repeats': _REPEATS.value or 2,
       'sweep_repeats': _REPEATS.value or (2 if quick else 5),
-      'torch_repeats': _REPEATS.value or (2 if quick else 5),
+      'torch_repeats': _REPEATS.value or 2,
       'sweep_torch_repeats': 1 if quick else 2,
       'fused_iterations': _FUSED_ITERATIONS.value or (2 if quick else 20),
       'sweeps': SWEEPS_QUICK if quick else SWEEPS_FULL,

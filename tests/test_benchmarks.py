@@ -7,6 +7,7 @@ and the plots. Timings are not checked: the machine may be shared.
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -22,7 +23,8 @@ ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
 def quick_results(tmp_path_factory):
   out_dir = tmp_path_factory.mktemp('bench')
   proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.run', '--quick', f'--out_dir={out_dir}'],
+      [sys.executable, '-m', 'benchmarks.run', '--quick', '--rounds=2',
+       f'--out_dir={out_dir}'],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out_dir / 'quick.json') as f:
@@ -49,8 +51,14 @@ def test_main_table(quick_results):
     assert r['jax_fused']['params_finite']
     assert r['jax_step']['xla_memory']['peak'] > 0
     assert r['best_torch']['ms'] == min(r['torch_loop']['ms'], r['torch_func']['ms'])
-    assert r['speedup']['fused_vs_torch_loop'] == pytest.approx(
-        r['torch_loop']['ms'] / r['jax_fused']['ms'])
+    for impl in ('torch_loop', 'torch_func', 'jax_step', 'jax_fused'):
+      assert len(r[impl]['round_ms']) == 2, (r['algorithm'], impl)
+    per_round = [a / b for a, b in zip(r['torch_loop']['round_ms'],
+                                       r['jax_fused']['round_ms'])]
+    st = r['speedup_stats']['fused_vs_torch_loop']
+    assert r['speedup']['fused_vs_torch_loop'] == pytest.approx(statistics.median(per_round))
+    assert st['round_min'] <= st['round_median'] <= st['round_max']
+    assert st['ratio'] == pytest.approx(r['torch_loop']['ms'] / r['jax_fused']['ms'])
 
 
 def test_sweeps_and_fits(quick_results):
@@ -80,3 +88,21 @@ def test_outputs_written(quick_results):
   for name in res['plots']:
     assert (out_dir / name).stat().st_size > 0
   assert res['meta']['quick'] and res['meta']['command'].endswith(f'--out_dir={out_dir}')
+
+
+def test_interleaved_alternates_cases():
+  """The main table's timer calls the cases in turn, round by round."""
+  from benchmarks import run  # pylint: disable=g-import-not-at-top
+  calls = []
+  cases = {name: {'once': lambda name=name: calls.append(name), 'divisor': d,
+                  'info': {'tag': name}}
+           for name, d in (('a', 1), ('b', 4))}
+  res = run.interleaved(cases, rounds=3, repeats={'a': 2, 'b': 1})
+  # Round 0 has one untimed warm-up call per case; then the rounds alternate.
+  assert calls == ['a'] * 3 + ['b'] * 2 + ['a', 'a', 'b'] * 2
+  assert len(res['a']['times_ms']) == 6 and len(res['a']['round_ms']) == 3
+  assert len(res['b']['times_ms']) == 3 and res['b']['tag'] == 'b'
+  st = run.ratio_stats({'ms': 8.0, 'round_ms': [8.0, 6.0, 12.0]},
+                       {'ms': 2.0, 'round_ms': [2.0, 1.0, 6.0]})
+  assert st == {'ratio': 4.0, 'round_median': 4.0, 'round_min': 2.0, 'round_max': 6.0,
+                'per_round': [4.0, 6.0, 2.0]}

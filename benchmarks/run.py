@@ -76,8 +76,9 @@ _PLOTS = flags.DEFINE_bool('plots', True, 'Write PNG plots.')
 _TORCH_THREADS = flags.DEFINE_list(
     'torch_threads', None,
     'PyTorch intra-op thread counts to try, e.g. 1,2; each torch figure is the '
-    'best of them. Default 1: on the shared 2-core machine 2 threads were '
-    '10-100x slower for these small tensors (see BENCHMARKS.md).')
+    'best of them. Default 1,2 (1 with --quick): on a loaded machine 1 thread '
+    'is much faster for these small tensors, on a quiet one 2 threads help '
+    'torch.func a little (see BENCHMARKS.md).')
 _FAST_COMPILE = flags.DEFINE_bool(
     'fast_compile', None,
     'Compile with XLA backend optimizations off (default: only with --quick).')
@@ -682,7 +683,7 @@ def config_from_flags():
       'algorithms': _ALGORITHMS.value,
       'agreement_impls': ['loop'] if quick else list(tr.IMPLS),
       'sweep_problem': 'mf' if quick else 'sine',
-      'torch_threads': _TORCH_THREADS.value or [1],
+      'torch_threads': _TORCH_THREADS.value or ([1] if quick else [1, 2]),
       'hp': QUICK if quick else FULL,
       'rounds': _ROUNDS.value or (1 if quick else 5),
       'repeats': _REPEATS.value or (2 if quick else 4),

@@ -8,10 +8,10 @@ Measures, on this machine and in the same process:
      (``experiments.rl.envs.NumpyNavigation2D``) stepped one batch at a time
      from Python with the same policy in NumPy, as Gym-based MAML-RL code does:
      one vector env of ``num_episodes`` per task, tasks one after another
-     (``--numpy_batch=task``), or all tasks x episodes in one vector env
-     (``--numpy_batch=all``);
+     ('task'), and all tasks x episodes in one vector env ('all');
   3. the wall time of one meta-iteration (20 tasks x 20 episodes x 100 steps,
-     N = 1, TRPO meta-step) for each algorithm, compilation excluded.
+     N = 1, TRPO meta-step) for each algorithm, compilation excluded, with
+     TRPO's default CG metric or ``--kl_hvp=through_adaptation`` (MAML-RL's).
 
   python -m benchmarks.rl_speed --output=/tmp/rl_speed.json
 """
@@ -33,6 +33,9 @@ flags.DEFINE_integer('num_episodes', 20, 'Episodes per task.')
 flags.DEFINE_integer('repeats', 3, 'Timed repeats (the minimum is reported).')
 flags.DEFINE_list('algorithms', ['maml', 'fo_maml', 'zo_maml', 'ggs_maml'],
                   'Algorithms whose meta-iteration is timed (empty: none).')
+flags.DEFINE_enum('kl_hvp', 'adapted', list(metarl.KL_HVPS),
+                  "TRPO's CG metric in the timed meta-iterations (see "
+                  'experiments/rl/metarl.py).')
 flags.DEFINE_string('output', None, 'Optional JSON output path.')
 FLAGS = flags.FLAGS
 
@@ -113,9 +116,10 @@ def main(argv):
     results[f'speedup_vs_numpy_{batch}'] = results[f'numpy_loop_{batch}_s'] / results['jax_rollout_s']
 
   results['meta_iteration_s'] = {}
+  results['kl_hvp'] = FLAGS.kl_hvp
   for algorithm in [a for a in FLAGS.algorithms if a]:
     m = metarl.build(env, metarl.RLConfig(algorithm=algorithm, num_tasks=T,
-                                          num_episodes=E))
+                                          num_episodes=E, kl_hvp=FLAGS.kl_hvp))
     state = m.init(jax.random.PRNGKey(0))
     step = jax.jit(m.iteration)
     key = jax.random.PRNGKey(3)

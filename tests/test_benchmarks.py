@@ -106,3 +106,18 @@ def test_interleaved_alternates_cases():
                        {'ms': 2.0, 'round_ms': [2.0, 1.0, 6.0]})
   assert st == {'ratio': 4.0, 'round_median': 4.0, 'round_min': 2.0, 'round_max': 6.0,
                 'per_round': [4.0, 6.0, 2.0]}
+
+
+def test_rl_speed_smoke(tmp_path):
+  """``python -m benchmarks.rl_speed`` runs on tiny sizes and writes its JSON."""
+  out = tmp_path / 'rl_speed.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.rl_speed', '--num_tasks=2', '--num_episodes=2',
+       '--repeats=1', '--algorithms=fo_maml', f'--output={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert res['jax_env_steps_per_s'] > 0
+  assert res['numpy_loop_task_env_steps_per_s'] > 0
+  assert res['kl_hvp'] == 'adapted'
+  assert res['meta_iteration_s']['fo_maml']['seconds'] > 0

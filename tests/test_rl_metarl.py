@@ -112,7 +112,7 @@ def test_bad_configs_fail_fast():
 
 @pytest.mark.parametrize('args, message', [
     (['--algorithms=maml,reptile'], 'unknown algorithm'),
-    (['--env=halfcheetah_vel'], 'Brax'),
+    (['--horizon=0'], 'horizon'),
     (['--env=atari'], 'choose from'),
     (['--meta_optimizer=sgd'], 'trpo'),
     (['--num_episodes=0'], 'num_episodes'),
@@ -126,6 +126,16 @@ def test_launcher_bad_flags_fail_fast(args, message, tmp_path):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(['rl', f'--workdir={tmp_path}'] + args)
     with pytest.raises(app.UsageError, match=message):
+      train.make_configs()
+
+
+def test_halfcheetah_without_brax_fails_fast(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'brax', None)  # import brax -> ImportError
+  train.define_flags()
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['rl', f'--workdir={tmp_path}', '--env=halfcheetah_dir'])
+    with pytest.raises(app.UsageError, match=r"pip install -e '\.\[brax\]'"):
       train.make_configs()
 
 

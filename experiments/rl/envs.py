@@ -76,14 +76,30 @@ def navigation2d(horizon=NAV_HORIZON):
              step=nav_step, horizon=horizon, obs_dim=2, action_dim=2)
 
 
-ENVS = {'navigation2d': navigation2d}
+def _halfcheetah(kind):
+  def make(**kwargs):
+    from experiments.rl import brax_envs  # pylint: disable=g-import-not-at-top
+    return brax_envs.halfcheetah(kind, **kwargs)
+  return make
 
 
-def make_env(name):
-  """Env by name; raises ``ValueError`` for unknown names."""
+# HalfCheetah (experiments/rl/brax_envs.py) imports Brax only when created.
+ENVS = {'navigation2d': navigation2d,
+        'halfcheetah_vel': _halfcheetah('vel'),
+        'halfcheetah_dir': _halfcheetah('dir')}
+BRAX_ENVS = ('halfcheetah_vel', 'halfcheetah_dir')
+
+
+def make_env(name, **kwargs):
+  """Env by name (``kwargs`` go to its factory, e.g. ``horizon``, ``backend``).
+
+  Raises:
+    ValueError: for unknown names.
+    ImportError: for a Brax environment when Brax is not installed.
+  """
   if name not in ENVS:
     raise ValueError(f'unknown env {name!r}; available: {sorted(ENVS)}')
-  return ENVS[name]()
+  return ENVS[name](**kwargs)
 
 
 class NumpyNavigation2D:

@@ -81,7 +81,7 @@ def plot_trajectories_from(run, algorithms, out):
   with open(os.path.join(run, 'config.json')) as f:
     config = json.load(f)
   settings = config['settings']
-  env = envs.make_env(settings['env'])
+  env = envs.make_env(settings['env'], **settings.get('env_kwargs', {}))
   configs = {}
   for a, c in config['rl_configs'].items():
     c['hidden'] = tuple(c['hidden'])

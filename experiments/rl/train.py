@@ -50,7 +50,6 @@ DEFAULTS = dict(
     num_iterations=200,
     eval_every=10,
 )
-FUTURE_ENVS = ('halfcheetah_vel', 'halfcheetah_dir')
 EVAL_SEED = 20260  # held-out evaluation tasks: the same for every run
 
 FLAGS = flags.FLAGS
@@ -66,7 +65,14 @@ def define_flags():
   common.define_training_flags()
   d = _define
   d(flags.DEFINE_string, 'env', 'navigation2d',
-    'Environment: navigation2d (halfcheetah_vel/dir need Brax; not built).')
+    'Environment: navigation2d, halfcheetah_vel or halfcheetah_dir (the '
+    "HalfCheetah tasks need Brax: pip install -e '.[brax]').")
+  d(flags.DEFINE_integer, 'horizon', None,
+    'Episode length (default: the environment\'s, 100 for navigation2d, 200 '
+    'for HalfCheetah; smaller only for smoke tests).')
+  d(flags.DEFINE_enum, 'brax_backend', 'generalized',
+    ['generalized', 'positional', 'spring', 'mjx'],
+    'Brax physics pipeline of the HalfCheetah tasks.')
   d(flags.DEFINE_integer, 'num_episodes', 20, 'Episodes per task per batch.')
   d(flags.DEFINE_float, 'gamma', 0.95, 'Discount.')
   d(flags.DEFINE_float, 'gae_tau', 1.0, 'GAE lambda (tau).')
@@ -98,13 +104,20 @@ def resolve(name):
 def make_configs():
   """``(env, {algorithm: RLConfig}, settings)`` from the flags; fails fast."""
   env_name = FLAGS.env
-  if env_name in FUTURE_ENVS:
-    raise app.UsageError(
-        f'--env={env_name}: HalfCheetah needs Brax, which is not part of this '
-        'environment (see experiments/rl/RESULTS.md); use --env=navigation2d')
   if env_name not in envs_lib.ENVS:
     raise app.UsageError(f'--env={env_name!r}: choose from '
                          f'{sorted(envs_lib.ENVS)}')
+  if FLAGS.horizon is not None and FLAGS.horizon < 1:
+    raise app.UsageError('--horizon must be a positive integer')
+  env_kwargs = {} if FLAGS.horizon is None else {'horizon': FLAGS.horizon}
+  if env_name in envs_lib.BRAX_ENVS:
+    env_kwargs['backend'] = FLAGS.brax_backend
+    try:
+      import brax  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise app.UsageError(
+          f"--env={env_name} needs Brax, an optional extra: pip install -e '.[brax]' "
+          '(see experiments/rl/RESULTS.md for its speed on a CPU)') from None
   if FLAGS.sweep:
     raise app.UsageError('--sweep is not supported by the RL launcher')
   algorithms = tuple(a.strip() for a in (resolve('algorithms') or ()) if a.strip())
@@ -158,11 +171,12 @@ def make_configs():
       raise app.UsageError(str(e)) from None
     configs[algorithm] = cfg
   common.check_workdir(FLAGS.workdir)
-  settings = dict(env=env_name, algorithms=algorithms, seeds=seeds,
+  settings = dict(env=env_name, env_kwargs=env_kwargs, algorithms=algorithms,
+                  seeds=seeds,
                   num_iterations=resolve('num_iterations'),
                   eval_every=resolve('eval_every'), eval_tasks=FLAGS.eval_tasks,
                   eval_steps=FLAGS.eval_steps)
-  return envs_lib.make_env(env_name), configs, settings
+  return envs_lib.make_env(env_name, **env_kwargs), configs, settings
 
 
 def env_steps_per_iteration(env, cfg):
@@ -321,15 +335,16 @@ def summarize(env, configs, settings, run_dir, metas, states, wall):
                      '(solid) adaptation, training tasks')
   plots.plot_eval_steps(rows, os.path.join(fig_dir, 'eval_steps.png'),
                         title=f"{settings['env']}: held-out return vs inner steps")
-  algorithm = 'maml' if 'maml' in metas else next(iter(metas))
-  params0 = jax.tree.map(lambda x: x[0], states[algorithm].params)
-  _, goals, obs = jax.jit(functools.partial(
-      metarl.evaluate, metas[algorithm], num_tasks=4,
-      num_steps=max(settings['eval_steps'], 1)))(params0, key=jax.random.PRNGKey(EVAL_SEED))
-  plots.plot_trajectories(np.asarray(goals), np.asarray(obs),
-                          os.path.join(fig_dir, 'trajectories.png'),
-                          title=f'{plots.LABELS.get(algorithm, algorithm)}, seed '
-                          f"{settings['seeds'][0]}, iteration {settings['num_iterations']}")
+  if settings['env'] == 'navigation2d':  # trajectory pictures: 2D positions
+    algorithm = 'maml' if 'maml' in metas else next(iter(metas))
+    params0 = jax.tree.map(lambda x: x[0], states[algorithm].params)
+    _, goals, obs = jax.jit(functools.partial(
+        metarl.evaluate, metas[algorithm], num_tasks=4,
+        num_steps=max(settings['eval_steps'], 1)))(params0, key=jax.random.PRNGKey(EVAL_SEED))
+    plots.plot_trajectories(np.asarray(goals), np.asarray(obs),
+                            os.path.join(fig_dir, 'trajectories.png'),
+                            title=f'{plots.LABELS.get(algorithm, algorithm)}, seed '
+                            f"{settings['seeds'][0]}, iteration {settings['num_iterations']}")
   last = settings['num_iterations']
   lines = ['| algorithm | return before (train, last 10 its) | after | '
            + ' | '.join(f'eval after {k}' for k in range(settings['eval_steps'] + 1))

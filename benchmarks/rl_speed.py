@@ -13,7 +13,11 @@ Measures, on this machine and in the same process:
      N = 1, TRPO meta-step) for each algorithm, compilation excluded, with
      TRPO's default CG metric or ``--kl_hvp=through_adaptation`` (MAML-RL's).
 
+With ``--env=halfcheetah_vel|halfcheetah_dir`` (the '.[brax]' extra) it times
+1. and 3. only: there is no NumPy twin of a physics engine.
+
   python -m benchmarks.rl_speed --output=/tmp/rl_speed.json
+  python -m benchmarks.rl_speed --env=halfcheetah_vel --brax_backend=spring --algorithms=
 """
 
 import json
@@ -28,6 +32,12 @@ import numpy as np
 from experiments.rl import envs
 from experiments.rl import metarl
 
+flags.DEFINE_enum('env', 'navigation2d', sorted(envs.ENVS),
+                  'Environment. The NumPy loop baseline exists for navigation2d '
+                  "only; HalfCheetah needs the '.[brax]' extra.")
+flags.DEFINE_enum('brax_backend', 'generalized',
+                  ['generalized', 'positional', 'spring', 'mjx'],
+                  'Brax physics pipeline of the HalfCheetah tasks.')
 flags.DEFINE_integer('num_tasks', 20, 'Tasks per batch.')
 flags.DEFINE_integer('num_episodes', 20, 'Episodes per task.')
 flags.DEFINE_integer('repeats', 3, 'Timed repeats (the minimum is reported).')
@@ -79,10 +89,12 @@ def numpy_rollout(layers, log_std, goals, num_episodes, horizon, rng, batch):
 
 def main(argv):
   del argv
-  env = envs.navigation2d()
+  kwargs = {'backend': FLAGS.brax_backend} if FLAGS.env in envs.BRAX_ENVS else {}
+  env = envs.make_env(FLAGS.env, **kwargs)
   T, E = FLAGS.num_tasks, FLAGS.num_episodes
   steps = T * E * env.horizon
-  results = {'num_tasks': T, 'num_episodes': E, 'horizon': env.horizon,
+  results = {'env': FLAGS.env, 'env_kwargs': kwargs,
+             'num_tasks': T, 'num_episodes': E, 'horizon': env.horizon,
              'env_steps_per_batch': steps, 'devices': [str(d) for d in jax.devices()],
              'cpu_count': os.cpu_count(), 'loadavg_start': os.getloadavg()}
   cfg = metarl.RLConfig(num_tasks=T, num_episodes=E)
@@ -105,10 +117,13 @@ def main(argv):
               FLAGS.repeats)
   results['jax_sampler_with_baseline_gae_s'] = sec
 
+  print(f'compiled rollout: {results["jax_env_steps_per_s"]:,.0f} env steps/s '
+        f'(first call {results["jax_rollout_compile_s"]:.1f} s)', flush=True)
+
   layers, log_std = numpy_policy(params)
   goals_np = np.asarray(goals, np.float64)
   rng = np.random.default_rng(0)
-  for batch in ('task', 'all'):
+  for batch in (('task', 'all') if FLAGS.env == 'navigation2d' else ()):
     sec = _best(lambda b=batch: numpy_rollout(layers, log_std, goals_np, E,
                                               env.horizon, rng, b), FLAGS.repeats)
     results[f'numpy_loop_{batch}_s'] = sec

@@ -264,44 +264,6 @@ def measure(case, repeats):
               times_ms=[t / d for t in times])
 
 
-def interleaved(cases, *, rounds, repeats):
-  """Times several cases in alternating rounds, so that load drift hits all.
-
-  Round r calls every case ``repeats[name]`` times (after one untimed warm-up
-  call in round 0); the peak RSS of each case is taken over its first round.
-
-  Returns:
-    {name: info + ms (median of all calls, per meta-iteration), times_ms,
-    round_ms (the median of each round), rss_peak_mib, rss_increase_mib}.
-  """
-  out = {name: dict(c['info'], times_ms=[], round_ms=[]) for name, c in cases.items()}
-  try:
-    for r in range(rounds):
-      for name, c in cases.items():
-        if 'enter' in c:
-          c['enter']()
-        with memory.PeakRSS() as rss:
-          times = timing.time_ms(c['once'], repeats[name], warmup=1 if r == 0 else 0)
-        if r == 0:
-          out[name].update(rss_peak_mib=rss.peak, rss_increase_mib=rss.increase)
-        times = [t / c['divisor'] for t in times]
-        out[name]['times_ms'] += times
-        out[name]['round_ms'].append(statistics.median(times))
-  finally:
-    torch.set_num_threads(_DEFAULT_TORCH_THREADS)
-  for res in out.values():
-    res['ms'] = statistics.median(res['times_ms'])
-  return out
-
-
-def ratio_stats(num, den):
-  """Speedup num/den: ratio of medians, and median/min/max of per-round ratios."""
-  per_round = [a / b for a, b in zip(num['round_ms'], den['round_ms'])]
-  return {'ratio': num['ms'] / den['ms'], 'round_median': statistics.median(per_round),
-          'round_min': min(per_round), 'round_max': max(per_round),
-          'per_round': per_round}
-
-
 # ----------------------------------------------------------------------------
 # Sections.
 # ----------------------------------------------------------------------------
@@ -351,7 +313,11 @@ def run_main(cfg):
           problem, algorithm, hp, num_iterations=cfg['fused_iterations'],
           compiler_options=cfg['compiler_options'])
       repeats['jax_fused'] = cfg['fused_repeats']
-      res = interleaved(cases, rounds=cfg['rounds'], repeats=repeats)
+      try:
+        res = timing.interleaved(cases, rounds=cfg['rounds'], repeats=repeats,
+                                 peak_rss=memory.PeakRSS)
+      finally:
+        torch.set_num_threads(_DEFAULT_TORCH_THREADS)
       for impl in ('loop', 'func'):  # fastest thread count of each PyTorch version
         by_threads = {str(n): res[f'torch_{impl}@{n}'] for n in cfg['torch_threads']}
         best = min(by_threads, key=lambda n: by_threads[n]['ms'])
@@ -364,10 +330,10 @@ def run_main(cfg):
       best = loop if loop['ms'] <= func['ms'] else func
       row['best_torch'] = {'ms': best['ms'], 'impl': 'loop' if best is loop else 'func'}
       stats = {
-          'fused_vs_torch_loop': ratio_stats(loop, row['jax_fused']),
-          'fused_vs_best_torch': ratio_stats(best, row['jax_fused']),
-          'step_vs_torch_loop': ratio_stats(loop, row['jax_step']),
-          'step_vs_best_torch': ratio_stats(best, row['jax_step']),
+          'fused_vs_torch_loop': timing.ratio_stats(loop, row['jax_fused']),
+          'fused_vs_best_torch': timing.ratio_stats(best, row['jax_fused']),
+          'step_vs_torch_loop': timing.ratio_stats(loop, row['jax_step']),
+          'step_vs_best_torch': timing.ratio_stats(best, row['jax_step']),
       }
       row['speedup_stats'] = stats
       # Headline: the median of the per-round ratios (robust to load drift).

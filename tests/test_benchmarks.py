@@ -92,17 +92,17 @@ def test_outputs_written(quick_results):
 
 def test_interleaved_alternates_cases():
   """The main table's timer calls the cases in turn, round by round."""
-  from benchmarks import run  # pylint: disable=g-import-not-at-top
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top
   calls = []
   cases = {name: {'once': lambda name=name: calls.append(name), 'divisor': d,
                   'info': {'tag': name}}
            for name, d in (('a', 1), ('b', 4))}
-  res = run.interleaved(cases, rounds=3, repeats={'a': 2, 'b': 1})
+  res = timing.interleaved(cases, rounds=3, repeats={'a': 2, 'b': 1})
   # Round 0 has one untimed warm-up call per case; then the rounds alternate.
   assert calls == ['a'] * 3 + ['b'] * 2 + ['a', 'a', 'b'] * 2
   assert len(res['a']['times_ms']) == 6 and len(res['a']['round_ms']) == 3
   assert len(res['b']['times_ms']) == 3 and res['b']['tag'] == 'b'
-  st = run.ratio_stats({'ms': 8.0, 'round_ms': [8.0, 6.0, 12.0]},
+  st = timing.ratio_stats({'ms': 8.0, 'round_ms': [8.0, 6.0, 12.0]},
                        {'ms': 2.0, 'round_ms': [2.0, 1.0, 6.0]})
   assert st == {'ratio': 4.0, 'round_median': 4.0, 'round_min': 2.0, 'round_max': 6.0,
                 'per_round': [4.0, 6.0, 2.0]}

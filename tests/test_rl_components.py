@@ -1,5 +1,6 @@
 """Tests of the meta-RL building blocks: env, GAE, linear baseline, TRPO step."""
 
+import os
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,3 +170,16 @@ def test_trpo_step_never_exceeds_kl_bound(seed, max_kl):
   assert float(kl(new2)) <= max_kl
   if not bool(info2.accepted):
     np.testing.assert_allclose(new2['mean'], old['mean'])
+
+
+def test_reports_survive_nonfinite_eval_returns(tmp_path):
+  """A diverged extra inner step writes null to metrics.jsonl; reports skip it."""
+  from experiments.rl import plots  # pylint: disable=g-import-not-at-top
+  assert plots.fmt_mean_std([1.0, 3.0]) == '2.0 +- 1.0'
+  assert plots.fmt_mean_std([1.0, None, 3.0]) == '2.0 +- 1.0 (non-finite in 1/3)'
+  assert plots.fmt_mean_std([None, float('nan')]) == 'non-finite (2/2)'
+  rows = [{'kind': 'eval', 'algorithm': 'fo_maml', 'iteration': 10, 'seed': s,
+           'eval_return_0': -40.0, 'eval_return_1': -20.0,
+           'eval_return_2': None if s == 2 else -30.0} for s in range(3)]
+  path = plots.plot_eval_steps(rows, str(tmp_path / 'eval.png'))
+  assert os.path.getsize(path) > 0

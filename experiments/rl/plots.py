@@ -40,6 +40,23 @@ def plot_returns(rows, path, *, title=None, window=10):
   return plotting._save(fig, path)  # pylint: disable=protected-access
 
 
+def finite_values(values):
+  """The values as floats with None (a NaN/inf written to JSON) as NaN."""
+  return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def fmt_mean_std(values, digits=1):
+  """'mean +- std' over the finite values, saying how many were not finite."""
+  v = finite_values(values)
+  ok = np.isfinite(v)
+  if not ok.any():
+    return f'non-finite ({v.size}/{v.size})'
+  text = f'{np.mean(v[ok]):.{digits}f} +- {np.std(v[ok]):.{digits}f}'
+  if not ok.all():
+    text += f' (non-finite in {int((~ok).sum())}/{v.size})'
+  return text
+
+
 def plot_eval_steps(rows, path, *, title=None):
   """Held-out return after k = 0..K inner steps at the last evaluation."""
   ev = [r for r in rows if r.get('kind') == 'eval']
@@ -50,9 +67,10 @@ def plot_eval_steps(rows, path, *, title=None):
   ks = sorted(int(k.rsplit('_', 1)[1]) for k in ev[0] if k.startswith('eval_return_'))
   fig, ax = plt.subplots(figsize=(5, 3.6))
   for algorithm in dict.fromkeys(r['algorithm'] for r in ev):
-    values = np.array([[r[f'eval_return_{k}'] for k in ks]
+    values = np.array([finite_values([r[f'eval_return_{k}'] for k in ks])
                        for r in ev if r['algorithm'] == algorithm])
-    mean, std = values.mean(0), values.std(0)
+    # Non-finite returns (a diverged inner step) are left out of mean and std.
+    mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
     color = COLORS.get(algorithm)
     ax.plot(ks, mean, 'o-', ms=3, color=color, label=LABELS.get(algorithm, algorithm))
     if values.shape[0] > 1:

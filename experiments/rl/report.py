@@ -49,13 +49,13 @@ def table(rows, last=10):
           + ' | '.join(f'held-out, {k.rsplit("_", 1)[1]} steps' for k in ev_keys)
           + ' | TRPO accepted step fraction (mean) | wall s / it |')
   lines = [head, '|---' * (6 + len(ev_keys)) + '|']
-  fmt = lambda v: f'{np.mean(v):.1f} +- {np.std(v):.1f}'
+  fmt = plots.fmt_mean_std
   for a in algorithms:
     tr = [r for r in rows if r['algorithm'] == a and r.get('kind') == 'train']
     seeds = sorted({r['seed'] for r in tr})
     last_it = {s: max(r['iteration'] for r in tr if r['seed'] == s) for s in seeds}
-    per_seed = lambda key: [np.mean([r[key] for r in tr if r['seed'] == s
-                                     and r['iteration'] > last_it[s] - last])
+    per_seed = lambda key: [np.mean(plots.finite_values(
+        [r[key] for r in tr if r['seed'] == s and r['iteration'] > last_it[s] - last]))
                             for s in seeds]
     ev = [r for r in rows if r['algorithm'] == a and r.get('kind') == 'eval'
           and r['iteration'] == last_it.get(r['seed'])]

@@ -355,8 +355,9 @@ def summarize(env, configs, settings, run_dir, metas, states, wall):
              and r['iteration'] > last - 10]
     ev = [r for r in rows if r['algorithm'] == algorithm and r['kind'] == 'eval'
           and r['iteration'] == last]
-    fmt = lambda v: f'{np.mean(v):.2f} +- {np.std(v):.2f}'
-    per_seed = lambda key: [np.mean([r[key] for r in train if r['seed'] == s])
+    fmt = lambda v: plots.fmt_mean_std(v, digits=2)
+    per_seed = lambda key: [np.mean(plots.finite_values([r[key] for r in train
+                                                         if r['seed'] == s]))
                             for s in settings['seeds']]
     sampled, simulated = env_steps_per_iteration(env, cfg)
     lines.append(

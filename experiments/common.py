@@ -499,6 +499,11 @@ class RunDir:
                    if k not in ignore}
       new_flags = {k: v for k, v in config.get('flags', {}).items()
                    if k not in ignore}
+      # A flag added after the run was made matches if it keeps its default.
+      for k in set(new_flags) - set(old_flags):
+        if k in FLAGS:
+          old_flags[k] = json.loads(json.dumps(FLAGS[k].default,
+                                               default=_json_default))
       diff = sorted(k for k in set(old_flags) | set(new_flags)
                     if old_flags.get(k) != new_flags.get(k))
       if diff:

@@ -29,14 +29,14 @@ from absl import flags
 import jax
 import numpy as np
 
+from experiments.rl import brax_envs
 from experiments.rl import envs
 from experiments.rl import metarl
 
 flags.DEFINE_enum('env', 'navigation2d', sorted(envs.ENVS),
                   'Environment. The NumPy loop baseline exists for navigation2d '
                   "only; HalfCheetah needs the '.[brax]' extra.")
-flags.DEFINE_enum('brax_backend', 'generalized',
-                  ['generalized', 'positional', 'spring', 'mjx'],
+flags.DEFINE_enum('brax_backend', 'generalized', list(brax_envs.BACKENDS),
                   'Brax physics pipeline of the HalfCheetah tasks.')
 flags.DEFINE_integer('num_tasks', 20, 'Tasks per batch.')
 flags.DEFINE_integer('num_episodes', 20, 'Episodes per task.')

@@ -134,11 +134,6 @@ _DEFAULT_TORCH_THREADS = torch.get_num_threads()
 # ----------------------------------------------------------------------------
 # Helpers.
 # ----------------------------------------------------------------------------
-def _median_ms(fn, repeats, warmup=1):
-  times = timing.time_ms(fn, repeats, warmup)
-  return statistics.median(times), times
-
-
 def _optimizer(hp):
   return (optax.adam(hp['meta_lr']) if hp['optimizer'] == 'adam'
           else optax.sgd(hp['meta_lr']))

@@ -32,6 +32,7 @@ import numpy as np
 
 import maml_jax as mj
 from experiments import common
+from experiments.rl import brax_envs
 from experiments.rl import envs as envs_lib
 from experiments.rl import metarl
 from experiments.rl import plots
@@ -70,8 +71,7 @@ def define_flags():
   d(flags.DEFINE_integer, 'horizon', None,
     'Episode length (default: the environment\'s, 100 for navigation2d, 200 '
     'for HalfCheetah; smaller only for smoke tests).')
-  d(flags.DEFINE_enum, 'brax_backend', 'generalized',
-    ['generalized', 'positional', 'spring', 'mjx'],
+  d(flags.DEFINE_enum, 'brax_backend', 'generalized', list(brax_envs.BACKENDS),
     'Brax physics pipeline of the HalfCheetah tasks.')
   d(flags.DEFINE_integer, 'num_episodes', 20, 'Episodes per task per batch.')
   d(flags.DEFINE_float, 'gamma', 0.95, 'Discount.')
@@ -112,12 +112,6 @@ def make_configs():
   env_kwargs = {} if FLAGS.horizon is None else {'horizon': FLAGS.horizon}
   if env_name in envs_lib.BRAX_ENVS:
     env_kwargs['backend'] = FLAGS.brax_backend
-    try:
-      import brax  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      raise app.UsageError(
-          f"--env={env_name} needs Brax, an optional extra: pip install -e '.[brax]' "
-          '(see experiments/rl/RESULTS.md for its speed on a CPU)') from None
   if FLAGS.sweep:
     raise app.UsageError('--sweep is not supported by the RL launcher')
   algorithms = tuple(a.strip() for a in (resolve('algorithms') or ()) if a.strip())
@@ -176,7 +170,12 @@ def make_configs():
                   num_iterations=resolve('num_iterations'),
                   eval_every=resolve('eval_every'), eval_tasks=FLAGS.eval_tasks,
                   eval_steps=FLAGS.eval_steps)
-  return envs_lib.make_env(env_name, **env_kwargs), configs, settings
+  try:
+    env = envs_lib.make_env(env_name, **env_kwargs)
+  except ImportError as e:  # Brax, an optional extra, is missing
+    raise app.UsageError(f'--env={env_name}: {e} (see experiments/rl/RESULTS.md '
+                         'for its speed on a CPU)') from None
+  return env, configs, settings
 
 
 def env_steps_per_iteration(env, cfg):

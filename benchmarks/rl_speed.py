@@ -89,7 +89,7 @@ def numpy_rollout(layers, log_std, goals, num_episodes, horizon, rng, batch):
 
 def main(argv):
   del argv
-  kwargs = {'backend': FLAGS.brax_backend} if FLAGS.env in envs.BRAX_ENVS else {}
+  kwargs = envs.env_kwargs(FLAGS.env, brax_backend=FLAGS.brax_backend)
   env = envs.make_env(FLAGS.env, **kwargs)
   T, E = FLAGS.num_tasks, FLAGS.num_episodes
   steps = T * E * env.horizon

@@ -17,6 +17,7 @@ import maml_jax as mj
 from experiments import common
 from experiments.rl import envs
 from experiments.rl import metarl
+from experiments.rl import report
 from experiments.rl import train
 
 TINY = dict(num_tasks=2, num_episodes=3, hidden=(8,))
@@ -173,6 +174,18 @@ def test_launcher_runs_every_algorithm(tmp_path):
                'figures/eval_steps.png', 'figures/trajectories.png'):
     assert (run / name).exists(), name
   assert os.listdir(run / 'checkpoints')
+  # The report rebuilds the run from its folder: latest checkpoint, trained params.
+  _, configs, settings, metas, states, step = train.load_run(str(run))
+  assert step == 2 and settings['seeds'] == [0] and set(configs) == set(metas)
+  init = jax.vmap(metas['maml'].init)(common.seed_keys([0])[0])
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                       states['maml'].params, init.params)
+  assert max(jax.tree.leaves(moved)) > 0
+  paths = report.plot_trajectories_from(str(run), ['maml', 'zo_maml'],
+                                        str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == [
+      'nav2d_trajectories_maml.png', 'nav2d_trajectories_zo_maml.png']
+  assert all(os.path.getsize(p) > 0 for p in paths)
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):

@@ -90,6 +90,14 @@ ENVS = {'navigation2d': navigation2d,
 BRAX_ENVS = ('halfcheetah_vel', 'halfcheetah_dir')
 
 
+def env_kwargs(name, *, horizon=None, brax_backend='generalized'):
+  """``make_env`` keyword arguments of the launchers' flags for env ``name``."""
+  kwargs = {} if horizon is None else {'horizon': horizon}
+  if name in BRAX_ENVS:
+    kwargs['backend'] = brax_backend
+  return kwargs
+
+
 def make_env(name, **kwargs):
   """Env by name (``kwargs`` go to its factory, e.g. ``horizon``, ``backend``).
 

@@ -12,6 +12,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 from experiments.rl import plots
@@ -71,35 +72,24 @@ def table(rows, last=10):
 
 
 def plot_trajectories_from(run, algorithms, out):
-  """Trajectory pictures of the latest checkpoint of ``run`` (first seed)."""
+  """Trajectory pictures of the latest checkpoint of ``run`` (first seed).
+
+  2D navigation only; for other environments nothing is drawn and ``[]`` is
+  returned (with a warning).
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  from experiments.rl import envs  # pylint: disable=g-import-not-at-top
   from experiments.rl import metarl  # pylint: disable=g-import-not-at-top
   from experiments.rl import train  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(run, 'config.json')) as f:
-    config = json.load(f)
-  settings = config['settings']
-  env = envs.make_env(settings['env'], **settings.get('env_kwargs', {}))
-  configs = {}
-  for a, c in config['rl_configs'].items():
-    c['hidden'] = tuple(c['hidden'])
-    configs[a] = metarl.RLConfig(**c)
-  metas = {a: metarl.build(env, c) for a, c in configs.items()}
-  init_keys, train_keys = common.seed_keys(settings['seeds'])
-  states = {a: jax.vmap(m.init)(init_keys) for a, m in metas.items()}
-  checkpointer = common.Checkpointer(os.path.join(run, 'checkpoints'))
-  step = checkpointer.latest_step()
-  like = {'states': {a: train._state_tree(s) for a, s in states.items()},  # pylint: disable=protected-access
-          'train_keys': train_keys, 'iteration': jnp.zeros((), jnp.int32),
-          'wall': {a: jnp.zeros(()) for a in configs}}
-  ckpt = checkpointer.restore(step, like)
+  _, _, settings, metas, states, step = train.load_run(run)
+  if settings['env'] != 'navigation2d':
+    logging.warning('trajectory pictures are drawn for navigation2d runs only; '
+                    '%s is a %s run', run, settings['env'])
+    return []
   paths = []
   for a in algorithms:
     if a not in metas:
       continue
-    params = jax.tree.map(lambda x: x[0], ckpt['states'][a]['params'])
+    params = jax.tree.map(lambda x: x[0], states[a].params)
     _, goals, obs = jax.jit(lambda p, m=metas[a]: metarl.evaluate(
         m, p, jax.random.PRNGKey(train.EVAL_SEED), num_tasks=4, num_steps=2))(params)
     path = os.path.join(out, f'nav2d_trajectories_{a}.png')
@@ -107,7 +97,6 @@ def plot_trajectories_from(run, algorithms, out):
                             title=f'{plots.LABELS.get(a, a)}, seed {settings["seeds"][0]}, '
                             f'iteration {step}: 3 episodes after 0 / 1 / 2 inner steps')
     paths.append(path)
-  checkpointer.close()
   return paths
 
 

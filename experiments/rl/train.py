@@ -20,6 +20,7 @@ not supported for RL.
 """
 
 import functools
+import json
 import os
 import time
 
@@ -109,9 +110,8 @@ def make_configs():
                          f'{sorted(envs_lib.ENVS)}')
   if FLAGS.horizon is not None and FLAGS.horizon < 1:
     raise app.UsageError('--horizon must be a positive integer')
-  env_kwargs = {} if FLAGS.horizon is None else {'horizon': FLAGS.horizon}
-  if env_name in envs_lib.BRAX_ENVS:
-    env_kwargs['backend'] = FLAGS.brax_backend
+  env_kwargs = envs_lib.env_kwargs(env_name, horizon=FLAGS.horizon,
+                                   brax_backend=FLAGS.brax_backend)
   if FLAGS.sweep:
     raise app.UsageError('--sweep is not supported by the RL launcher')
   algorithms = tuple(a.strip() for a in (resolve('algorithms') or ()) if a.strip())
@@ -206,6 +206,53 @@ def _from_tree(tree, like):
                        iteration=tree['iteration'])
 
 
+def _checkpoint(states, train_keys, iteration, wall):
+  """What a checkpoint holds (also the ``like`` tree that restores it)."""
+  return {'states': {a: _state_tree(s) for a, s in states.items()},
+          'train_keys': train_keys,
+          'iteration': jnp.asarray(iteration, jnp.int32),
+          'wall': {a: jnp.asarray(w, jnp.float32) for a, w in wall.items()}}
+
+
+def restore(checkpointer, step, states, train_keys):
+  """``(states, train_keys, iteration, wall)`` of checkpoint ``step``.
+
+  ``states`` and ``train_keys`` are freshly initialized ones (``seed_keys``,
+  ``meta.init``): they give the structure to restore into.
+  """
+  ckpt = checkpointer.restore(step, _checkpoint(
+      states, train_keys, 0, {a: 0.0 for a in states}))
+  states = {a: _from_tree(ckpt['states'][a], s) for a, s in states.items()}
+  wall = {a: float(ckpt['wall'][a]) for a in states}
+  return states, ckpt['train_keys'], int(ckpt['iteration']), wall
+
+
+def load_run(path):
+  """``(env, configs, settings, metas, states, step)`` of the run folder ``path``.
+
+  Rebuilds the environment and algorithms from its ``config.json`` and restores
+  its latest checkpoint (``states`` stacked over seeds).
+  """
+  with open(os.path.join(path, 'config.json')) as f:
+    config = json.load(f)
+  settings = config['settings']
+  env = envs_lib.make_env(settings['env'], **settings.get('env_kwargs', {}))
+  configs = {a: metarl.RLConfig(**dict(c, hidden=tuple(c['hidden'])))
+             for a, c in config['rl_configs'].items()}
+  metas = {a: metarl.build(env, c) for a, c in configs.items()}
+  init_keys, train_keys = common.seed_keys(settings['seeds'])
+  states = {a: jax.vmap(m.init)(init_keys) for a, m in metas.items()}
+  checkpointer = common.Checkpointer(os.path.join(path, 'checkpoints'))
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise ValueError(f'{path} has no checkpoint yet')
+    states, _, _, _ = restore(checkpointer, step, states, train_keys)
+  finally:
+    checkpointer.close()
+  return env, configs, settings, metas, states, step
+
+
 def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
         compiled=None):
   """Trains every algorithm for every seed (with checkpoints and metrics).
@@ -249,14 +296,8 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
   wall = {a: 0.0 for a in configs}
   step = checkpointer.latest_step() if resume else None
   if step is not None:
-    like = {'states': {a: _state_tree(s) for a, s in states.items()},
-            'train_keys': train_keys, 'iteration': jnp.zeros((), jnp.int32),
-            'wall': {a: jnp.zeros(()) for a in configs}}
-    ckpt = checkpointer.restore(step, like)
-    states = {a: _from_tree(ckpt['states'][a], states[a]) for a in configs}
-    train_keys = ckpt['train_keys']
-    iteration = int(ckpt['iteration'])
-    wall = {a: float(ckpt['wall'][a]) for a in configs}
+    states, train_keys, iteration, wall = restore(checkpointer, step, states,
+                                                  train_keys)
     run_dir.truncate(iteration)
     logging.info('resumed %s at iteration %d', run_dir.path, iteration)
   else:
@@ -314,10 +355,7 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
                    seconds / length)
     iteration += length
     run_dir.flush()
-    checkpointer.save(iteration, {
-        'states': {a: _state_tree(s) for a, s in states.items()},
-        'train_keys': train_keys, 'iteration': jnp.asarray(iteration, jnp.int32),
-        'wall': {a: jnp.asarray(w, jnp.float32) for a, w in wall.items()}})
+    checkpointer.save(iteration, _checkpoint(states, train_keys, iteration, wall))
     if chunk_hook is not None:
       chunk_hook(iteration)
   checkpointer.close()

@@ -94,6 +94,11 @@ def test_trpo_iteration_respects_kl_bound():
   new_state, metrics = run(state, jax.random.PRNGKey(1))
   assert int(new_state.iteration) == 2
   assert np.all(metrics['trpo_kl'] <= 1e-3)
+  # The pre-update policy's KL is reported (not bounded): > 0 exactly when a
+  # step was taken.
+  kl_pre = np.asarray(metrics['trpo_kl_pre_update'])
+  assert np.all(np.isfinite(kl_pre)) and np.all(kl_pre >= 0)
+  np.testing.assert_array_equal(kl_pre > 0, np.asarray(metrics['trpo_accepted']) > 0)
   assert metrics['returns'].shape == (2, 2)
   assert np.all(np.isfinite(metrics['returns']))
 

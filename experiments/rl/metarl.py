@@ -361,8 +361,15 @@ def build(env, cfg: RLConfig) -> MetaRL:
         params, grads, kl_hvp, loss_and_kl, max_kl=cfg.max_kl,
         cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping,
         ls_max_steps=cfg.ls_max_steps, ls_backtrack_ratio=cfg.ls_backtrack_ratio)
+    # TRPO bounds the KL of the *adapted* policies; also report how far the
+    # pre-update policy moved (KL on the states of S_0), which it does not bound.
+    pre_obs = support['obs'][:, 0]
+    pre_old = jax.lax.stop_gradient(policy_dist(params, pre_obs))
+    pre_new = jax.lax.stop_gradient(policy_dist(new_params, pre_obs))
+    kl_pre = jnp.mean(policy_lib.gaussian_kl(*pre_old, *pre_new))
     metrics.update({'trpo_accepted': info.accepted, 'trpo_step_frac': info.step_frac,
-                    'trpo_kl': info.kl, 'trpo_improve': info.improve})
+                    'trpo_kl': info.kl, 'trpo_improve': info.improve,
+                    'trpo_kl_pre_update': kl_pre})
     return mj.TrainState(new_params, state.opt_state, state.iteration + 1), metrics
 
   return MetaRL(cfg=cfg, env=env, policy=policy, loss_fn=loss_fn, sampler=sampler,

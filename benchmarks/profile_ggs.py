@@ -8,7 +8,11 @@ Times (min and median ms, interleaved so load noise hits all alike):
     (25 x 3 x 10 pytrees like the 1,761 parameters: 1.32M normals);
   * one ``jax.random.normal`` of the same size, and ``torch.randn`` of it;
   * the same GGS math with the directions given as an input (no sampling);
-  * the jitted train step vs the fused run per iteration.
+  * the jitted train step vs the fused run per iteration;
+  * maml_jax's own cost in MAML: a hand-written meta-gradient (no maml_jax:
+    N unrolled SGD steps, ``jax.grad``, ``vmap`` over tasks) alone and in a
+    fused scan with the same Adam step, with and without on-device task
+    sampling.
 """
 
 
@@ -96,6 +100,39 @@ def main(argv):
         step(state, tasks, key))
     cases[f'{algo} fused x{iters} (divide by {iters})'] = (
         lambda fused=fused, state=state: jax.block_until_ready(fused(state, key)))
+
+  # MAML written by hand, for maml_jax's overhead (same math, same Adam step).
+  def bare_outer(p, support, query):
+    w = p
+    for _ in range(N):
+      w = optax.tree.add_scale(w, -ALPHA, grad_fn(w, support))
+    return loss_fn(w, query)
+
+  def bare_meta_gradient(p, t):
+    g = jax.vmap(jax.grad(bare_outer), in_axes=(None, 0, 0))(p, t.support, t.query)
+    return jax.tree.map(lambda x: x.mean(0), g)
+
+  bare = jax.jit(bare_meta_gradient)
+  cases['maml hand-written meta_gradient'] = lambda: jax.block_until_ready(
+      bare(params, tasks))
+  opt = optax.adam(1e-3)
+
+  def bare_fused(sample):
+    def run(p, k):
+      def body(carry, i):
+        p, o = carry
+        k_tasks, _ = mj.iteration_keys(k, i)
+        g = bare_meta_gradient(p, sample(k_tasks))
+        u, o = opt.update(g, o, p)
+        return (optax.apply_updates(p, u), o), None
+      return jax.lax.scan(body, (p, opt.init(p)), jax.numpy.arange(iters))[0]
+    return jax.jit(run)
+
+  for name, sample in (('', lambda k: task_lib.sine_tasks(k, T)),
+                       (', fixed tasks', lambda k: tasks)):
+    f = bare_fused(sample)
+    cases[f'maml hand-written fused x{iters}{name}'] = (
+        lambda f=f: jax.block_until_ready(f(params, key)))
 
   results = {name: [] for name in cases}
   for _ in range(3):  # interleave rounds against load drift

@@ -186,10 +186,9 @@ def test_launcher_runs_every_algorithm(tmp_path):
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                        states['maml'].params, init.params)
   assert max(jax.tree.leaves(moved)) > 0
-  paths = report.plot_trajectories_from(str(run), ['maml', 'zo_maml'],
-                                        str(tmp_path))
-  assert [os.path.basename(p) for p in paths] == [
-      'nav2d_trajectories_maml.png', 'nav2d_trajectories_zo_maml.png']
+  # One algorithm is enough (each one compiles its evaluation); 'foo' is skipped.
+  paths = report.plot_trajectories_from(str(run), ['foo', 'zo_maml'], str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == ['nav2d_trajectories_zo_maml.png']
   assert all(os.path.getsize(p) > 0 for p in paths)
 
 

@@ -364,9 +364,8 @@ def build(env, cfg: RLConfig) -> MetaRL:
     # TRPO bounds the KL of the *adapted* policies; also report how far the
     # pre-update policy moved (KL on the states of S_0), which it does not bound.
     pre_obs = support['obs'][:, 0]
-    pre_old = jax.lax.stop_gradient(policy_dist(params, pre_obs))
-    pre_new = jax.lax.stop_gradient(policy_dist(new_params, pre_obs))
-    kl_pre = jnp.mean(policy_lib.gaussian_kl(*pre_old, *pre_new))
+    kl_pre = jnp.mean(policy_lib.gaussian_kl(*policy_dist(params, pre_obs),
+                                             *policy_dist(new_params, pre_obs)))
     metrics.update({'trpo_accepted': info.accepted, 'trpo_step_frac': info.step_frac,
                     'trpo_kl': info.kl, 'trpo_improve': info.improve,
                     'trpo_kl_pre_update': kl_pre})

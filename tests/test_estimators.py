@@ -132,6 +132,47 @@ def test_sampled_batches_match_manual_resampling(with_hessian):
                                rtol=1e-10)
 
 
+@pytest.mark.parametrize('name,kwargs', [
+    ('maml', dict(backprop='autodiff')),
+    ('maml', dict(backprop='autodiff', remat=2)),
+    ('maml', dict(backprop='product')),
+    ('maml', dict(backprop='product', remat=2)),
+    ('fo_maml', {}),
+    ('zo_maml', dict(num_directions=2, delta=0.1)),
+    ('ggs_maml', dict(num_directions=2, delta=0.1)),
+    ('hf_maml', dict(delta=0.1)),
+])
+def test_keep_batches_returns_the_sampled_batches_and_w_n(name, kwargs):
+  """aux carries the S_j and T the estimator drew, and w_N, on every path.
+
+  remat=2 with N = 3 also covers a padded last segment.
+  """
+  n = 3
+  w, supports, query, _ = _problem(6, n)
+  key = jax.random.PRNGKey(5)
+  keys = mj.task_keys(key, n)
+  s_data, t_data = q.as_jax(supports[0]), q.as_jax(query)
+  draw = lambda data, k: jax.tree.map(np.asarray, _sampler(0.0, data, k))
+  s_batches = [draw(s_data, keys.support[j]) for j in range(n)]
+  task = mj.Task(support=mj.Sampled(s_data), query=mj.Sampled(t_data))
+  make = lambda keep: getattr(mj, name)(q.loss, inner_lr=ALPHA, num_inner_steps=n,
+                                        sampler=_sampler, keep_batches=keep,
+                                        **kwargs)
+  grads, aux = jax.jit(make(True))(jnp.asarray(w), task, key)
+  for leaf in ('A', 'c'):
+    np.testing.assert_allclose(aux.support_batches[leaf],
+                               np.stack([b[leaf] for b in s_batches]), rtol=1e-12)
+    np.testing.assert_allclose(aux.query_batch[leaf],
+                               draw(t_data, keys.query)[leaf], rtol=1e-12)
+  np.testing.assert_allclose(aux.adapted_params,
+                             q.inner_iterates(w, s_batches, ALPHA)[n], rtol=1e-10)
+  # Keeping the batches changes nothing else; without it they are None.
+  grads_plain, aux_plain = jax.jit(make(False))(jnp.asarray(w), task, key)
+  np.testing.assert_allclose(grads, grads_plain, rtol=1e-12)
+  np.testing.assert_allclose(aux.adapted_params, aux_plain.adapted_params, rtol=1e-12)
+  assert aux_plain.support_batches is None and aux_plain.query_batch is None
+
+
 def _mlp_loss(params, batch):
   h = jnp.tanh(batch['x'] @ params['w1'] + params['b1'])
   pred = h @ params['w2'] + params['b2']

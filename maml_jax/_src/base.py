@@ -61,11 +61,21 @@ class EstimatorAux(NamedTuple):
     query_loss_after: l(w_N; T), the query loss after N inner steps.
     inner_losses: shape [N], support loss l(w_j; S_j) at every inner step.
     finite: whether every entry of the meta-gradient is finite.
+    adapted_params: w_N, the parameters after the N inner steps (no gradient
+      flows through it).
+    support_batches: the batches S_0..S_{N-1} the inner steps used, stacked
+      ([N, ...]), when the estimator was built with ``keep_batches=True``;
+      else None.
+    query_batch: the batch T of the outer loss with ``keep_batches=True``;
+      else None.
   """
   query_loss_before: chex.Array
   query_loss_after: chex.Array
   inner_losses: chex.Array
   finite: chex.Array
+  adapted_params: Any = None
+  support_batches: Any = None
+  query_batch: Any = None
 
 
 class MetaEstimator(Protocol):

@@ -70,7 +70,8 @@ def estimator(loss_fn: base.LossFn,
               num_inner_steps: int,
               sampler: base.Sampler = None,
               remat=False,
-              autodiff: bool = False) -> base.MetaEstimator:
+              autodiff: bool = False,
+              keep_batches: bool = False) -> base.MetaEstimator:
   """Builds a per-task meta-gradient estimator from a Hessian-vector oracle.
 
   G = prod_{j=0}^{N-1} (I - alpha H_j) grad l(w_N; T)     (eq. 8 / eq. 19)
@@ -89,6 +90,10 @@ def estimator(loss_fn: base.LossFn,
     autodiff: compute the meta-gradient as ``jax.grad`` of l(w_N(w); T)
       through the scan instead of the explicit product (exact Hessians only;
       requires ``task.hessian is None``). Ignores ``hvp``.
+    keep_batches: also return the batches the estimator used, S_0..S_{N-1}
+      stacked ([N, ...]) and T, in ``aux.support_batches`` / ``aux.query_batch``
+      (the sampled episodes of an RL task, say, so that a trust-region step can
+      reuse them instead of sampling again). Holds N batches per task.
 
   Returns:
     ``est(params, task, key) -> (meta_grads, EstimatorAux)`` for one task.
@@ -107,7 +112,8 @@ def estimator(loss_fn: base.LossFn,
   def est(params, task, key):
     keys = oracles.task_keys(key, num_steps)
     loop = inner.InnerLoop(loss_fn, task, keys, inner_lr=inner_lr,
-                           num_steps=num_steps, sampler=sampler, seg=seg)
+                           num_steps=num_steps, sampler=sampler, seg=seg,
+                           keep_batches=keep_batches)
     _check_task(task, params, loop, num_steps, sampler)
 
     def query_batch(w):
@@ -122,16 +128,19 @@ def estimator(loss_fn: base.LossFn,
             'batch.')
 
       def outer_loss(w):
-        w_n, _, losses = loop.forward(w, keep_segment_starts=False,
-                                      checkpoint=remat is not False)
-        return loss_fn(w_n, query_batch(w_n)), losses
+        w_n, _, losses, support = loop.forward(w, keep_segment_starts=False,
+                                               checkpoint=remat is not False)
+        query = query_batch(w_n)
+        return loss_fn(w_n, query), (losses, w_n, support, query)
 
-      (loss_after, losses), grads = jax.value_and_grad(
+      (loss_after, (losses, w_n, support, query)), grads = jax.value_and_grad(
           outer_loss, has_aux=True)(params)
+      w_n = jax.lax.stop_gradient(w_n)
     elif hvp is None:
-      w_n, _, losses = loop.forward(params, keep_segment_starts=False,
-                                    checkpoint=False)
-      loss_after, grads = grad_fn(w_n, query_batch(w_n))
+      w_n, _, losses, support = loop.forward(params, keep_segment_starts=False,
+                                             checkpoint=False)
+      query = query_batch(w_n)
+      loss_after, grads = grad_fn(w_n, query)
     else:
 
       def backward_step(v, xs):
@@ -146,15 +155,17 @@ def estimator(loss_fn: base.LossFn,
         return v_next, None
 
       if remat is False:
-        w_n, (ws, batches), losses = loop.trajectory(params)
-        loss_after, grads = grad_fn(w_n, query_batch(w_n))
+        w_n, (ws, support), losses = loop.trajectory(params)
+        query = query_batch(w_n)
+        loss_after, grads = grad_fn(w_n, query)
         grads, _ = jax.lax.scan(backward_step, grads,
-                                (jnp.arange(num_steps), ws, batches),
+                                (jnp.arange(num_steps), ws, support),
                                 reverse=True)
       else:
-        w_n, starts, losses = loop.forward(params, keep_segment_starts=True,
-                                           checkpoint=False)
-        loss_after, grads = grad_fn(w_n, query_batch(w_n))
+        w_n, starts, losses, support = loop.forward(
+            params, keep_segment_starts=True, checkpoint=False)
+        query = query_batch(w_n)
+        loss_after, grads = grad_fn(w_n, query)
 
         def backward_segment(v, xs):
           s, w_start = xs
@@ -173,7 +184,10 @@ def estimator(loss_fn: base.LossFn,
     aux = base.EstimatorAux(query_loss_before=loss_before,
                             query_loss_after=loss_after,
                             inner_losses=losses,
-                            finite=_all_finite(grads))
+                            finite=_all_finite(grads),
+                            adapted_params=w_n,
+                            support_batches=support if keep_batches else None,
+                            query_batch=query if keep_batches else None)
     return grads, aux
 
   return est
@@ -181,7 +195,7 @@ def estimator(loss_fn: base.LossFn,
 
 def maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
          sampler: base.Sampler = None, remat=False,
-         backprop: str = 'auto') -> base.MetaEstimator:
+         backprop: str = 'auto', keep_batches: bool = False) -> base.MetaEstimator:
   """Exact N-step MAML meta-gradient, eq. (3)/(8).
 
       G = (I - alpha H_0) ... (I - alpha H_{N-1}) grad l(w_N; T)
@@ -197,6 +211,7 @@ def maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
       forward-over-reverse Hessian-vector products) or 'auto' (autodiff when
       ``task.hessian`` is None, else product). In the finite-sum case both
       agree to float precision.
+    keep_batches: return the batches used in the aux (see ``estimator``).
 
   Returns:
     ``est(params, task, key) -> (meta_grads, EstimatorAux)``.
@@ -208,7 +223,7 @@ def maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
   if backprop not in _BACKPROP:
     raise ValueError(f'backprop must be one of {_BACKPROP}, got {backprop!r}.')
   kwargs = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-                sampler=sampler, remat=remat)
+                sampler=sampler, remat=remat, keep_batches=keep_batches)
   product = estimator(loss_fn, oracles.exact_hvp(loss_fn), **kwargs)
   if backprop == 'product':
     return product
@@ -225,7 +240,8 @@ def maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
 
 
 def fo_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
-            sampler: base.Sampler = None, remat=False) -> base.MetaEstimator:
+            sampler: base.Sampler = None, remat=False,
+            keep_batches: bool = False) -> base.MetaEstimator:
   """First-order MAML: every Hessian term dropped, G = grad l(w_N; T).
 
   Memory O(d) whatever N (``remat`` is accepted for a uniform API and has
@@ -233,12 +249,14 @@ def fo_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
   """
   validation.check_remat(remat)
   return estimator(loss_fn, None, inner_lr=inner_lr,
-                   num_inner_steps=num_inner_steps, sampler=sampler)
+                   num_inner_steps=num_inner_steps, sampler=sampler,
+                   keep_batches=keep_batches)
 
 
 def zo_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
             num_directions: int, delta: float, subtract_identity: bool = False,
-            sampler: base.Sampler = None, remat=False) -> base.MetaEstimator:
+            sampler: base.Sampler = None, remat=False,
+            keep_batches: bool = False) -> base.MetaEstimator:
   """ZO-MAML: eq. (8) with the zeroth-order Hessian estimate of eq. (17).
 
   Fresh Gaussian directions for every task, inner step and call. The default
@@ -251,12 +269,12 @@ def zo_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
       oracles.zo_hvp(loss_fn, num_directions=num_directions, delta=delta,
                      subtract_identity=subtract_identity),
       inner_lr=inner_lr, num_inner_steps=num_inner_steps, sampler=sampler,
-      remat=remat)
+      remat=remat, keep_batches=keep_batches)
 
 
 def ggs_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
              num_directions: int, delta: float, sampler: base.Sampler = None,
-             remat=False) -> base.MetaEstimator:
+             remat=False, keep_batches: bool = False) -> base.MetaEstimator:
   """GGS-MAML (Algorithm 2): eq. (19) with the GGS Hessian estimate of eq. (18).
 
       G = prod_{j=0}^{N-1} (I - alpha H_ggs(w_j)) grad l(w_N; T)
@@ -268,12 +286,12 @@ def ggs_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
       loss_fn,
       oracles.ggs_hvp(loss_fn, num_directions=num_directions, delta=delta),
       inner_lr=inner_lr, num_inner_steps=num_inner_steps, sampler=sampler,
-      remat=remat)
+      remat=remat, keep_batches=keep_batches)
 
 
 def hf_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
             delta: float, sampler: base.Sampler = None,
-            remat=False) -> base.MetaEstimator:
+            remat=False, keep_batches: bool = False) -> base.MetaEstimator:
   """HF-MAML (Fallah et al. 2019): eq. (8) with finite-difference H v products.
 
   H_j v ~ (grad l(w_j + delta v) - grad l(w_j - delta v)) / (2 delta), applied
@@ -281,4 +299,4 @@ def hf_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
   """
   return estimator(loss_fn, oracles.fd_hvp(loss_fn, delta=delta),
                    inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-                   sampler=sampler, remat=remat)
+                   sampler=sampler, remat=remat, keep_batches=keep_batches)

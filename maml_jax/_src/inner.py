@@ -78,7 +78,7 @@ class InnerLoop:
   """
 
   def __init__(self, loss_fn, task, keys, *, inner_lr, num_steps, sampler,
-               seg: Segmentation):
+               seg: Segmentation, keep_batches=False):
     self.loss_fn = loss_fn
     self.task = task
     self.keys = keys
@@ -86,6 +86,7 @@ class InnerLoop:
     self.num_steps = num_steps
     self.sampler = sampler
     self.seg = seg
+    self.keep_batches = keep_batches
     self.grad_fn = jax.value_and_grad(loss_fn)
 
   def support(self, j, params):
@@ -107,6 +108,11 @@ class InnerLoop:
     return (isinstance(self.task.support, base.Sampled)
             and self.task.hessian is None)
 
+  def _flatten_steps(self, stacked):
+    """[segments, length, ...] -> [N, ...] (drops the padding steps)."""
+    return jax.tree.map(
+        lambda x: x.reshape((-1,) + x.shape[2:])[:self.num_steps], stacked)
+
   def run(self, params, start, length, store):
     """Steps start..start+length-1 from ``params``.
 
@@ -124,7 +130,8 @@ class InnerLoop:
         w_next = optax.tree.where(valid, w_next, w)
         loss = jnp.where(valid, loss, jnp.zeros_like(loss))
       keep_w = w if store else None
-      keep_s = batch if (store and self.stores_batches) else None
+      keep_s = (batch if (store and self.stores_batches) or self.keep_batches
+                else None)
       return w_next, (keep_w, keep_s, loss)
 
     return jax.lax.scan(body, params, start + jnp.arange(length))
@@ -138,19 +145,22 @@ class InnerLoop:
       checkpoint: wrap each segment in ``jax.checkpoint`` (autodiff remat).
 
     Returns:
-      (w_N, segment starts [S, ...] or None, support losses [N]).
+      (w_N, segment starts [S, ...] or None, support losses [N], S_j [N] if
+      ``keep_batches`` else None).
     """
     seg = self.seg
 
     def segment(w, s):
-      w_end, (_, _, losses) = self.run(w, s * seg.length, seg.length, store=False)
-      return w_end, (w if keep_segment_starts else None, losses)
+      w_end, (_, batches, losses) = self.run(w, s * seg.length, seg.length,
+                                             store=False)
+      return w_end, (w if keep_segment_starts else None, losses, batches)
 
     if checkpoint:
       segment = jax.checkpoint(segment)
-    w_n, (starts, losses) = jax.lax.scan(segment, params,
-                                         jnp.arange(seg.num_segments))
-    return w_n, starts, losses.reshape(-1)[:self.num_steps]
+    w_n, (starts, losses, batches) = jax.lax.scan(segment, params,
+                                                  jnp.arange(seg.num_segments))
+    return (w_n, starts, losses.reshape(-1)[:self.num_steps],
+            self._flatten_steps(batches))
 
   def trajectory(self, params):
     """All N steps keeping every iterate: (w_N, (w_j [N], S_j [N] or None), losses)."""
@@ -184,6 +194,6 @@ def adapt(loss_fn: base.LossFn, params: base.Params, support: Any, *,
   loop = InnerLoop(loss_fn, base.Task(support=support, query=None), keys,
                    inner_lr=inner_lr, num_steps=num_steps, sampler=sampler,
                    seg=segmentation(num_steps, False))
-  w_n, _, losses = loop.forward(params, keep_segment_starts=False,
-                                checkpoint=False)
+  w_n, _, losses, _ = loop.forward(params, keep_segment_starts=False,
+                                   checkpoint=False)
   return w_n, losses

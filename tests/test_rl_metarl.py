@@ -28,8 +28,8 @@ def tiny(algorithm='maml', **kw):
   return metarl.RLConfig(algorithm=algorithm, **{**TINY, **kw})
 
 
-def test_collect_reproduces_the_estimators_episodes():
-  """The TRPO step re-creates S_j and T: they must be the estimator's own."""
+def test_the_estimators_kept_episodes_are_what_trpo_needs():
+  """TRPO reuses the estimator's S_j, T and w_N: check they are the real ones."""
   env = envs.navigation2d()
   # D_j = S_j here, so exact MAML is autodiff through the stored episodes.
   meta = metarl.build(env, tiny(num_inner_steps=2, separate_hessian_batch=False))
@@ -38,22 +38,38 @@ def test_collect_reproduces_the_estimators_episodes():
   key = jax.random.PRNGKey(7)
   task = metarl.make_tasks(goal, meta.cfg)
   grads, aux = jax.jit(meta.estimator)(params, task, key)
-  support, query, w_n = jax.jit(meta.collect)(params, goal, key)
+  support, query, w_n = aux.support_batches, aux.query_batch, aux.adapted_params
+  assert support['obs'].shape[:2] == (2, 3) and query['obs'].shape[0] == 3
+  # The episodes are the sampler's, drawn at w_j with the estimator's keys.
   loss = meta.loss_fn
+  keys = mj.task_keys(key, 2)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
+  # Episodes drawn at a w_j that differs in the last float bit (jit vs eager)
+  # drift apart a little over the horizon.
+  close_ep = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+  w = params
+  for j in range(2):
+    s_j = meta.sampler(w, goal, keys.support[j])
+    jax.tree.map(close_ep, s_j, jax.tree.map(lambda x, j=j: x[j], support))
+    w = jax.tree.map(lambda p, g: p - 0.1 * g, w, jax.grad(loss)(w, s_j))
+  jax.tree.map(close, w, w_n)
+  jax.tree.map(close_ep, meta.sampler(w_n, goal, keys.query), query)
   np.testing.assert_allclose(loss(w_n, query), aux.query_loss_after, rtol=1e-3, atol=1e-5)
   # maml_jax reports l(w_0; T) on a query batch sampled at w_0 (same key).
-  query_0 = meta.sampler(params, goal, mj.task_keys(key, 2).query)
+  query_0 = meta.sampler(params, goal, keys.query)
   np.testing.assert_allclose(loss(params, query_0), aux.query_loss_before,
                              rtol=1e-3, atol=1e-5)
   s0 = jax.tree.map(lambda x: x[0], support)
   np.testing.assert_allclose(loss(params, s0), aux.inner_losses[0], rtol=1e-3, atol=1e-5)
+  # Re-running the adaptation on the kept episodes gives w_N again, so the TRPO
+  # surrogate at w_old is -mean(A) (every ratio 1), as the step assumes.
+  adapt = lambda w: mj.adapt(loss, w, mj.PerStep(support), inner_lr=0.1,
+                             num_steps=2)[0]
+  jax.tree.map(close, adapt(params), w_n)
   # Exact MAML = gradient of the outer loss through the adaptation on the
-  # stored episodes, which is the gradient of the TRPO surrogate at w_old.
-  outer = lambda w: loss(mj.adapt(loss, w, mj.PerStep(support), inner_lr=0.1,
-                                  num_steps=2)[0], query)
-  ref = jax.grad(outer)(params)
-  chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
-  jax.tree.map(chex_close, grads, ref)
+  # kept episodes, which is the gradient of the TRPO surrogate at w_old.
+  ref = jax.grad(lambda w: loss(adapt(w), query))(params)
+  jax.tree.map(close, grads, ref)
 
 
 def test_fisher_vector_product_is_the_kl_hessian():

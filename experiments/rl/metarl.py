@@ -43,10 +43,10 @@ TRPO meta-step (``trpo.trpo_step``), what is exact and what is not:
   KL(pi_{w_N(w_old)} || pi_{w_N(w)}) in w on all query states, which
   differentiates through the inner gradient steps (third-order derivatives
   of log pi) whatever the estimator.
-The estimators return only the meta-gradient, not the episodes; the step
-re-creates S_j and T with the same keys (``mj.task_keys``) and the same
-sampler, so they are the very episodes the estimator used (checked in
-tests/test_rl_metarl.py), at the cost of sampling twice.
+The estimators are built with ``keep_batches=True``, so they hand back the
+episodes S_j and T they sampled and the adapted parameters w_N
+(``aux.per_task``); the TRPO step uses those very episodes and samples
+nothing itself (checked in tests/test_rl_metarl.py).
 """
 
 from typing import Any, NamedTuple
@@ -188,7 +188,7 @@ def make_loss(policy):
 def make_estimator(loss_fn, sampler, cfg: RLConfig):
   """The maml_jax estimator of ``cfg.algorithm`` with the RL sampler."""
   common = dict(inner_lr=cfg.inner_lr, num_inner_steps=cfg.num_inner_steps,
-                sampler=sampler, remat=cfg.remat)
+                sampler=sampler, remat=cfg.remat, keep_batches=True)
   if cfg.algorithm == 'maml':
     return mj.maml(loss_fn, **common)
   if cfg.algorithm == 'fo_maml':
@@ -264,7 +264,6 @@ class MetaRL(NamedTuple):
   optimizer: Any
   init: Any       # key -> TrainState
   iteration: Any  # (TrainState, key) -> (TrainState, metrics)
-  collect: Any    # (params, task, key) -> (S_j batches [N], T batch)
 
 
 def build(env, cfg: RLConfig) -> MetaRL:
@@ -277,28 +276,12 @@ def build(env, cfg: RLConfig) -> MetaRL:
   estimator = make_estimator(loss_fn, sampler, cfg)
   num_steps = cfg.num_inner_steps
   optimizer = optax.adam(cfg.outer_lr) if cfg.outer_optimizer == 'adam' else None
-  grad_fn = jax.grad(loss_fn)
 
   def init(key):
     params = policy_lib.init_policy(policy, key, env.obs_dim)
     opt_state = optimizer.init(params) if optimizer is not None else ()
     return mj.TrainState(params=params, opt_state=opt_state,
                          iteration=jnp.zeros((), jnp.int32))
-
-  def collect(params, task, key):
-    """Re-creates the estimator's episodes S_0..S_{N-1} and T of one task.
-
-    Returns (S_j stacked [N], T, w_N).
-    """
-    keys = mj.task_keys(key, num_steps)
-
-    def body(w, k):
-      batch = sampler(w, task, k)
-      w = optax.tree.add_scale(w, -cfg.inner_lr, grad_fn(w, batch))
-      return w, batch
-
-    w_n, support = jax.lax.scan(body, params, keys.support)
-    return support, sampler(w_n, task, keys.query), w_n
 
   def adapt_on(params, support):
     """w_N(params) on the stored episodes S_j (deterministic, differentiable)."""
@@ -315,8 +298,10 @@ def build(env, cfg: RLConfig) -> MetaRL:
     tasks = make_tasks(goals, cfg)
     params = state.params
     grads, aux = mj.meta_gradient(estimator, params, tasks, k_est)
-    support, query, adapted_old = jax.vmap(collect, in_axes=(None, 0, 0))(
-        params, goals, jax.random.split(k_est, cfg.num_tasks))
+    # The episodes the estimator sampled (S_j [tasks, N, ...], T) and its w_N.
+    support = aux.per_task.support_batches
+    query = aux.per_task.query_batch
+    adapted_old = aux.per_task.adapted_params
     # Undiscounted return per episode, averaged, at w_0 .. w_{N-1} and w_N.
     returns = jnp.concatenate([
         jnp.mean(jnp.sum(support['rewards'], -1), axis=(0, 2, )),
@@ -357,10 +342,14 @@ def build(env, cfg: RLConfig) -> MetaRL:
       kl_hvp = fisher_vector_product(policy.apply, adapted_old,
                                      query['obs'][:, :num_sub])
 
+    # At w_old every ratio is 1, so the surrogate is -mean(A): no need to re-run
+    # the adaptation (a gradient on every support state) to get it.
+    old_loss = jnp.mean(-jnp.mean(query['advantages'], axis=(1, 2)))
     new_params, info = trpo_lib.trpo_step(
         params, grads, kl_hvp, loss_and_kl, max_kl=cfg.max_kl,
         cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping,
-        ls_max_steps=cfg.ls_max_steps, ls_backtrack_ratio=cfg.ls_backtrack_ratio)
+        ls_max_steps=cfg.ls_max_steps, ls_backtrack_ratio=cfg.ls_backtrack_ratio,
+        old_loss=old_loss)
     # TRPO bounds the KL of the *adapted* policies; also report how far the
     # pre-update policy moved (KL on the states of S_0), which it does not bound.
     pre_obs = support['obs'][:, 0]
@@ -373,7 +362,7 @@ def build(env, cfg: RLConfig) -> MetaRL:
 
   return MetaRL(cfg=cfg, env=env, policy=policy, loss_fn=loss_fn, sampler=sampler,
                 estimator=estimator, optimizer=optimizer, init=init,
-                iteration=iteration, collect=collect)
+                iteration=iteration)
 
 
 def make_fused(meta: MetaRL, num_iterations):

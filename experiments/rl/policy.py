@@ -18,10 +18,12 @@ class GaussianMLPPolicy(nn.Module):
 
   @nn.compact
   def __call__(self, obs):
-    x = obs
+    # One [states, obs_dim] matrix whatever the leading axes (episodes, time):
+    # XLA:CPU runs the MLP's gradient ~25% faster on it than on [E, T, d].
+    x = obs.reshape((-1, obs.shape[-1]))
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
-    mean = nn.Dense(self.action_dim)(x)
+    mean = nn.Dense(self.action_dim)(x).reshape(obs.shape[:-1] + (self.action_dim,))
     log_std = self.param('log_std', nn.initializers.constant(self.init_log_std),
                          (self.action_dim,))
     return mean, jnp.broadcast_to(log_std, mean.shape)

@@ -185,13 +185,13 @@ def env_steps_per_iteration(env, cfg):
 
   The algorithm needs S_0..S_{N-1}, D_0..D_{N-1} (if separate and used) and
   T. Simulated on top: maml_jax's query batch at w_0 (for the reported
-  loss_before) and the TRPO step's re-collection of S_j and T.
+  loss_before). The TRPO step reuses the estimator's episodes.
   """
   batch = cfg.num_tasks * cfg.num_episodes * env.horizon
   n = cfg.num_inner_steps
   hessian = n if (cfg.separate_hessian_batch and metarl.uses_hessian_batch(cfg)) else 0
   sampled = batch * (n + hessian + 1)
-  return sampled, sampled + batch + batch * (n + 1)
+  return sampled, sampled + batch
 
 
 def _state_tree(state):

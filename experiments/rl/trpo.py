@@ -61,7 +61,8 @@ def conjugate_gradient(matvec, b, *, num_iters=10, residual_tol=1e-10):
 
 
 def trpo_step(params, grads, kl_hvp, loss_and_kl, *, max_kl=1e-2, cg_iters=10,
-              cg_damping=1e-5, ls_max_steps=15, ls_backtrack_ratio=0.8):
+              cg_damping=1e-5, ls_max_steps=15, ls_backtrack_ratio=0.8,
+              old_loss=None):
   """One TRPO update of ``params`` (minimising a surrogate loss).
 
   Args:
@@ -74,6 +75,9 @@ def trpo_step(params, grads, kl_hvp, loss_and_kl, *, max_kl=1e-2, cg_iters=10,
     cg_damping: added to F (F + damping I) for CG.
     ls_max_steps: backtracking line-search trials.
     ls_backtrack_ratio: step shrink factor between trials.
+    old_loss: the surrogate loss at ``params`` when the caller knows it (an
+      importance-weighted surrogate equals -mean(A) there); None evaluates
+      ``loss_and_kl(params)``.
 
   Returns:
     ``(new_params, TRPOInfo)``.
@@ -83,7 +87,8 @@ def trpo_step(params, grads, kl_hvp, loss_and_kl, *, max_kl=1e-2, cg_iters=10,
   shs = 0.5 * optax.tree.vdot(x, damped(x))
   lagrange = jnp.sqrt(shs / max_kl)
   step = jax.tree.map(lambda s: s / lagrange, x)
-  old_loss, _ = loss_and_kl(params)
+  if old_loss is None:
+    old_loss, _ = loss_and_kl(params)
   ok_step = jnp.isfinite(lagrange) & (lagrange > 0)
 
   def trial(frac):

@@ -11,7 +11,11 @@ Measures, on this machine and in the same process:
      ('task'), and all tasks x episodes in one vector env ('all');
   3. the wall time of one meta-iteration (20 tasks x 20 episodes x 100 steps,
      N = 1, TRPO meta-step) for each algorithm, compilation excluded, with
-     TRPO's default CG metric or ``--kl_hvp=through_adaptation`` (MAML-RL's).
+     TRPO's default CG metric or ``--kl_hvp=through_adaptation`` (MAML-RL's),
+     and of the estimator's meta-gradient alone (sampling S_0, D_0, T, the
+     inner step and the Hessian term), so that the TRPO step's share shows;
+  4. the gradient of the inner loss on one batch (40,000 states), the unit
+     the estimators' costs are counted in.
 
 With ``--env=halfcheetah_vel|halfcheetah_dir`` (the '.[brax]' extra) it times
 1. and 3. only: there is no NumPy twin of a physics engine.
@@ -28,6 +32,8 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
+
+import maml_jax as mj
 
 from experiments.rl import brax_envs
 from experiments.rl import envs
@@ -89,6 +95,8 @@ def numpy_rollout(layers, log_std, goals, num_episodes, horizon, rng, batch):
 
 def main(argv):
   del argv
+  if FLAGS.env.startswith('halfcheetah'):
+    brax_envs.use_cpu_xla_workaround()
   kwargs = envs.env_kwargs(FLAGS.env, brax_backend=FLAGS.brax_backend)
   env = envs.make_env(FLAGS.env, **kwargs)
   T, E = FLAGS.num_tasks, FLAGS.num_episodes
@@ -116,6 +124,11 @@ def main(argv):
   sec = _best(lambda: jax.block_until_ready(sampler(params, goals, keys)),
               FLAGS.repeats)
   results['jax_sampler_with_baseline_gae_s'] = sec
+  batch = sampler(params, goals, keys)
+  grad = jax.jit(jax.vmap(jax.grad(meta.loss_fn), in_axes=(None, 0)))
+  jax.block_until_ready(grad(params, batch))
+  results['inner_loss_gradient_s'] = _best(
+      lambda: jax.block_until_ready(grad(params, batch)), FLAGS.repeats)
 
   print(f'compiled rollout: {results["jax_env_steps_per_s"]:,.0f} env steps/s '
         f'(first call {results["jax_rollout_compile_s"]:.1f} s)', flush=True)
@@ -135,6 +148,12 @@ def main(argv):
   for algorithm in [a for a in FLAGS.algorithms if a]:
     m = metarl.build(env, metarl.RLConfig(algorithm=algorithm, num_tasks=T,
                                           num_episodes=E, kl_hvp=FLAGS.kl_hvp))
+    tasks = metarl.make_tasks(goals, m.cfg)
+    est = jax.jit(lambda p, k, m=m, tasks=tasks: mj.meta_gradient(
+        m.estimator, p, tasks, k)[0])
+    jax.block_until_ready(est(params, keys[0]))
+    est_s = _best(lambda: jax.block_until_ready(est(params, keys[0])),
+                  FLAGS.repeats)
     state = m.init(jax.random.PRNGKey(0))
     step = jax.jit(m.iteration)
     key = jax.random.PRNGKey(3)
@@ -148,9 +167,10 @@ def main(argv):
 
     sec = _best(one, FLAGS.repeats)
     results['meta_iteration_s'][algorithm] = {'seconds': sec,
-                                              'first_call_s': compile_s}
-    print(f'{algorithm}: meta-iteration {sec:.3f} s (first call {compile_s:.1f} s)',
-          flush=True)
+                                              'first_call_s': compile_s,
+                                              'meta_gradient_s': est_s}
+    print(f'{algorithm}: meta-iteration {sec:.3f} s (first call {compile_s:.1f} s; '
+          f'meta-gradient alone {est_s:.3f} s)', flush=True)
   results['loadavg_end'] = os.getloadavg()
   print(json.dumps(results, indent=2))
   if FLAGS.output:

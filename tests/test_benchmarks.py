@@ -121,3 +121,5 @@ def test_rl_speed_smoke(tmp_path):
   assert res['numpy_loop_task_env_steps_per_s'] > 0
   assert res['kl_hvp'] == 'adapted'
   assert res['meta_iteration_s']['fo_maml']['seconds'] > 0
+  assert res['meta_iteration_s']['fo_maml']['meta_gradient_s'] > 0
+  assert res['inner_loss_gradient_s'] > 0

@@ -30,6 +30,20 @@ def test_task_sampling():
   assert abs(float(d.mean())) < 0.1
 
 
+def test_cpu_xla_workaround_adds_its_flag_once(monkeypatch):
+  flag = '--xla_cpu_enable_concurrency_optimized_scheduler'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_dump_to=/tmp/x')
+  assert brax_envs.use_cpu_xla_workaround() == [f'{flag}=false']
+  assert os.environ['XLA_FLAGS'] == f'--xla_dump_to=/tmp/x {flag}=false'
+  assert brax_envs.use_cpu_xla_workaround() == []  # not repeated
+  assert os.environ['XLA_FLAGS'].count(flag) == 1
+  monkeypatch.setenv('XLA_FLAGS', f'{flag}=true')  # a user's own choice stays
+  assert brax_envs.use_cpu_xla_workaround() == []
+  assert os.environ['XLA_FLAGS'] == f'{flag}=true'
+  monkeypatch.delenv('XLA_FLAGS')
+  assert brax_envs.use_cpu_xla_workaround() == [f'{flag}=false']
+
+
 def test_task_rewards_by_hand():
   action = jnp.array([1.0, -1.0, 0.5, 0.0, 0.0, 0.0])  # ||a||^2 = 2.25
   ctrl = 0.05 * 2.25

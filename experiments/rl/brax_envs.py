@@ -15,8 +15,16 @@ reset noise (0.1) are Brax's HalfCheetah; Brax's own reward is not used.
 
 Brax is imported only when one of these environments is created, so the rest
 of ``experiments.rl`` works without it.
+
+On a CPU, call ``use_cpu_xla_workaround()`` before JAX starts its backend:
+with XLA:CPU's default (concurrency-optimised) scheduler the compiled
+HalfCheetah meta-iteration deadlocks on a 2-core machine (experiments/rl/
+RESULTS.md); the launcher and ``benchmarks.rl_speed`` do this for HalfCheetah.
 """
 
+import os
+
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +36,32 @@ HC_VELOCITY_RANGE = (0.0, 2.0)
 HC_ACTION_BOUND = 1.0
 BACKENDS = ('generalized', 'positional', 'spring', 'mjx')
 KINDS = ('vel', 'dir')
+# Without it the Brax meta-iteration stalled at its first call in 4 of 4 runs
+# on the 2-core CPU (default flags twice, async dispatch off, fusion emitters
+# off); with it, 15 of 15 calls in 3 runs returned (RESULTS.md). It only
+# changes XLA:CPU's instruction schedule.
+CPU_XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
+
+
+def use_cpu_xla_workaround():
+  """Adds ``CPU_XLA_FLAGS`` to the XLA_FLAGS environment variable.
+
+  XLA reads the variable when JAX starts its backend, so call this before the
+  first JAX computation; afterwards it only logs a warning.
+
+  Returns:
+    The flags that were added (those already present are not repeated).
+  """
+  current = os.environ.get('XLA_FLAGS', '').split()
+  names = {f.split('=')[0] for f in current}
+  added = [f for f in CPU_XLA_FLAGS if f.split('=')[0] not in names]
+  if added:
+    os.environ['XLA_FLAGS'] = ' '.join(current + added)
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    if xla_bridge.backends_are_initialized():
+      logging.warning('JAX already started its backend, so %s has no effect; '
+                      'set XLA_FLAGS before the first JAX computation.', added)
+  return added
 
 
 def _brax_halfcheetah(backend):

@@ -415,6 +415,8 @@ def summarize(env, configs, settings, run_dir, metas, states, wall):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.env.startswith('halfcheetah'):
+    brax_envs.use_cpu_xla_workaround()
   env, configs, settings = make_configs()
   run_dir = common.RunDir.create(FLAGS.workdir, FLAGS.run_name,
                                  resume=FLAGS.resume, default_name=NAME)

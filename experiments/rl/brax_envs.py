@@ -36,10 +36,12 @@ HC_VELOCITY_RANGE = (0.0, 2.0)
 HC_ACTION_BOUND = 1.0
 BACKENDS = ('generalized', 'positional', 'spring', 'mjx')
 KINDS = ('vel', 'dir')
-# Without it the Brax meta-iteration stalled at its first call in 4 of 4 runs
-# on the 2-core CPU (default flags twice, async dispatch off, fusion emitters
-# off); with it, 15 of 15 calls in 3 runs returned (RESULTS.md). It only
-# changes XLA:CPU's instruction schedule.
+# Without it the Brax meta-iteration of 41442f0 stalled at its first call in 4
+# of 4 runs on the 2-core CPU (default flags twice, async dispatch off, fusion
+# emitters off); with it, 15 of 15 calls in 3 runs returned. The current
+# iteration (which no longer re-samples inside the TRPO step) has not stalled
+# without it either (9 of 9 calls); see RESULTS.md. It only changes XLA:CPU's
+# instruction schedule.
 CPU_XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
 
 

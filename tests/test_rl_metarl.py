@@ -206,6 +206,11 @@ def test_launcher_runs_every_algorithm(tmp_path):
   paths = report.plot_trajectories_from(str(run), ['foo', 'zo_maml'], str(tmp_path))
   assert [os.path.basename(p) for p in paths] == ['nav2d_trajectories_zo_maml.png']
   assert all(os.path.getsize(p) > 0 for p in paths)
+  # The report's table: one separator cell per column, one row per algorithm.
+  assert report.env_of([str(run)]) == 'navigation2d'
+  lines = report.table(report.load_rows([str(run)])).splitlines()
+  assert lines[0].count('|') == lines[1].count('|') == lines[2].count('|')
+  assert len(lines) == 2 + 4
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):

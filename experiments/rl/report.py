@@ -40,6 +40,22 @@ def load_rows(runs, max_iteration=None):
   return rows
 
 
+ENV_NAMES = {'navigation2d': ('nav2d', '2D navigation'),
+             'halfcheetah_vel': ('halfcheetah_vel', 'HalfCheetah-vel'),
+             'halfcheetah_dir': ('halfcheetah_dir', 'HalfCheetah-dir')}
+
+
+def env_of(runs):
+  """The environment of the runs (from their config.json); they must share one."""
+  names = set()
+  for run in runs:
+    with open(os.path.join(run, 'config.json')) as f:
+      names.add(json.load(f)['settings']['env'])
+  if len(names) != 1:
+    raise ValueError(f'--runs mixes environments: {sorted(names)}')
+  return names.pop()
+
+
 def table(rows, last=10):
   """Markdown: per algorithm, mean +- std over seeds of the final metrics."""
   algorithms = list(dict.fromkeys(r['algorithm'] for r in rows))
@@ -49,7 +65,7 @@ def table(rows, last=10):
           f'{last}) | train return after | '
           + ' | '.join(f'held-out, {k.rsplit("_", 1)[1]} steps' for k in ev_keys)
           + ' | TRPO accepted step fraction (mean) | wall s / it |')
-  lines = [head, '|---' * (6 + len(ev_keys)) + '|']
+  lines = [head, '|---' * (7 + len(ev_keys)) + '|']
   fmt = plots.fmt_mean_std
   for a in algorithms:
     tr = [r for r in rows if r['algorithm'] == a and r.get('kind') == 'train']
@@ -103,12 +119,13 @@ def plot_trajectories_from(run, algorithms, out):
 def main(argv):
   del argv
   rows = load_rows(FLAGS.runs, FLAGS.iterations)
+  prefix, env_title = ENV_NAMES[env_of(FLAGS.runs)]
   os.makedirs(FLAGS.out, exist_ok=True)
-  plots.plot_returns(rows, os.path.join(FLAGS.out, 'nav2d_returns.png'),
-                     title='2D navigation: return before (dashed) / after (solid) '
-                     'adaptation, training batches')
-  plots.plot_eval_steps(rows, os.path.join(FLAGS.out, 'nav2d_eval_steps.png'),
-                        title='2D navigation, held-out tasks')
+  plots.plot_returns(rows, os.path.join(FLAGS.out, f'{prefix}_returns.png'),
+                     title=f'{env_title}: return before (dashed) / after (solid)'
+                     ', training batches')
+  plots.plot_eval_steps(rows, os.path.join(FLAGS.out, f'{prefix}_eval_steps.png'),
+                        title=f'{env_title}, held-out tasks')
   print(table(rows, FLAGS.last))
   if FLAGS.trajectories_from:
     print(plot_trajectories_from(FLAGS.trajectories_from,

@@ -83,8 +83,8 @@ def define_flags():
   d(flags.DEFINE_float, 'max_kl', 1e-2, 'TRPO KL bound.')
   d(flags.DEFINE_integer, 'cg_iters', 10, 'TRPO conjugate-gradient iterations.')
   d(flags.DEFINE_float, 'cg_damping', 1e-5,
-    'TRPO CG damping (MAML-RL: 1e-5). With --kl_hvp=through_adaptation, 0.1 '
-    'kept GGS-MAML from collapsing (experiments/rl/RESULTS.md).')
+    'TRPO CG damping (MAML-RL: 1e-5). 0.1 kept GGS-MAML from collapsing with '
+    'either --kl_hvp (experiments/rl/RESULTS.md).')
   d(flags.DEFINE_integer, 'ls_max_steps', 15, 'TRPO line-search trials.')
   d(flags.DEFINE_float, 'ls_backtrack_ratio', 0.8, 'TRPO line-search shrink factor.')
   d(flags.DEFINE_enum, 'kl_hvp', 'adapted', list(metarl.KL_HVPS),

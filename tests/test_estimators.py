@@ -166,6 +166,9 @@ def test_keep_batches_returns_the_sampled_batches_and_w_n(name, kwargs):
                                draw(t_data, keys.query)[leaf], rtol=1e-12)
   np.testing.assert_allclose(aux.adapted_params,
                              q.inner_iterates(w, s_batches, ALPHA)[n], rtol=1e-10)
+  # As documented, no gradient flows through aux.adapted_params on any path.
+  through_w_n = jax.grad(lambda p: jnp.sum(make(True)(p, task, key)[1].adapted_params))
+  np.testing.assert_array_equal(through_w_n(jnp.asarray(w)), 0.0)
   # Keeping the batches changes nothing else; without it they are None.
   grads_plain, aux_plain = jax.jit(make(False))(jnp.asarray(w), task, key)
   np.testing.assert_allclose(grads, grads_plain, rtol=1e-12)

@@ -135,7 +135,6 @@ def estimator(loss_fn: base.LossFn,
 
       (loss_after, (losses, w_n, support, query)), grads = jax.value_and_grad(
           outer_loss, has_aux=True)(params)
-      w_n = jax.lax.stop_gradient(w_n)
     elif hvp is None:
       w_n, _, losses, support = loop.forward(params, keep_segment_starts=False,
                                              checkpoint=False)
@@ -185,7 +184,7 @@ def estimator(loss_fn: base.LossFn,
                             query_loss_after=loss_after,
                             inner_losses=losses,
                             finite=_all_finite(grads),
-                            adapted_params=w_n,
+                            adapted_params=jax.lax.stop_gradient(w_n),
                             support_batches=support if keep_batches else None,
                             query_batch=query if keep_batches else None)
     return grads, aux

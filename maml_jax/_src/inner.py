@@ -159,8 +159,7 @@ class InnerLoop:
       segment = jax.checkpoint(segment)
     w_n, (starts, losses, batches) = jax.lax.scan(segment, params,
                                                   jnp.arange(seg.num_segments))
-    return (w_n, starts, losses.reshape(-1)[:self.num_steps],
-            self._flatten_steps(batches))
+    return w_n, starts, self._flatten_steps(losses), self._flatten_steps(batches)
 
   def trajectory(self, params):
     """All N steps keeping every iterate: (w_N, (w_j [N], S_j [N] or None), losses)."""

@@ -11,10 +11,13 @@ from maml_jax._src.base import MetaEstimator
 from maml_jax._src.base import PerStep
 from maml_jax._src.base import Sampled
 from maml_jax._src.base import Task
+from maml_jax._src.estimators import ESTIMATORS
 from maml_jax._src.estimators import estimator
 from maml_jax._src.estimators import fo_maml
 from maml_jax._src.estimators import ggs_maml
 from maml_jax._src.estimators import hf_maml
+from maml_jax._src.estimators import hyperparameters as estimator_hyperparameters
+from maml_jax._src.estimators import make_estimator
 from maml_jax._src.estimators import maml
 from maml_jax._src.estimators import zo_maml
 from maml_jax._src.inner import adapt
@@ -31,6 +34,8 @@ from maml_jax._src.oracles import no_hvp
 from maml_jax._src.oracles import task_keys
 from maml_jax._src.oracles import TaskKeys
 from maml_jax._src.oracles import zo_hvp
+from maml_jax._src.step_sizes import init_inner_lr
+from maml_jax._src.step_sizes import LearnedInnerLR
 from maml_jax._src.training import init_train_state
 from maml_jax._src.training import iteration_keys
 from maml_jax._src.training import make_fused_train
@@ -39,12 +44,11 @@ from maml_jax._src.training import TrainState
 
 __version__ = '0.1.0'
 
-ESTIMATORS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
-
 __all__ = (
     'ESTIMATORS',
     'EstimatorAux',
     'HvpOracle',
+    'LearnedInnerLR',
     'MetaAux',
     'MetaEstimator',
     'PerStep',
@@ -54,6 +58,7 @@ __all__ = (
     'TrainState',
     'adapt',
     'estimator',
+    'estimator_hyperparameters',
     'exact_hvp',
     'fd_hvp',
     'fo_maml',
@@ -62,7 +67,9 @@ __all__ = (
     'ggs_maml',
     'hf_maml',
     'init_train_state',
+    'init_inner_lr',
     'iteration_keys',
+    'make_estimator',
     'make_fused_train',
     'make_train_step',
     'maml',

@@ -68,6 +68,12 @@ class EstimatorAux(NamedTuple):
       else None.
     query_batch: the batch T of the outer loss with ``keep_batches=True``;
       else None.
+    query_aux_before: with ``has_aux=True``, the aux of the query loss at
+      w_0 (None when ``query_loss_before`` is not computed); else None.
+    query_aux_after: with ``has_aux=True``, the aux of l(w_N; T); else None.
+
+  ``query_loss_before`` is None when the estimator does not compute it (by
+  default for a ``Sampled`` query, where it costs a sample at w_0).
   """
   query_loss_before: chex.Array
   query_loss_after: chex.Array
@@ -76,10 +82,15 @@ class EstimatorAux(NamedTuple):
   adapted_params: Any = None
   support_batches: Any = None
   query_batch: Any = None
+  query_aux_before: Any = None
+  query_aux_after: Any = None
 
 
 class MetaEstimator(Protocol):
-  """``est(params, task, key) -> (meta_grads, EstimatorAux)`` for ONE task."""
+  """``est(params, task, key) -> (meta_grads, EstimatorAux)`` for ONE task.
+
+  ``params`` is w_0, or a ``LearnedInnerLR`` (then so is ``meta_grads``).
+  """
 
   def __call__(self, params: Params, task: Task,
                key: chex.PRNGKey) -> tuple[Params, EstimatorAux]:

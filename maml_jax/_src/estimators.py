@@ -3,19 +3,31 @@
 Every estimator is the same two pieces, differing only in the Hessian-vector
 oracle plugged into the backward recursion:
 
-  forward   w_{j+1} = w_j - alpha grad l(w_j; S_j)                  eq. (1)
-  backward  v = grad l(w_N; T);  for j = N-1..0: v <- v - alpha H_j v   eq. (8)
+  forward   w_{j+1} = w_j - alpha_j ⊙ grad l(w_j; S_j)                eq. (1)
+  backward  v = grad l(w_N; T);  for j = N-1..0: v <- v - H_j (alpha_j ⊙ v)
+                                                           eq. (8), SPEC 6
 
 so that v = prod_j (I - alpha H_j) grad l(w_N; T), with H_j v from
 ``exact_hvp`` (MAML), nothing (FO-MAML), ``zo_hvp`` (eq. 17, ZO-MAML),
-``ggs_hvp`` (eq. 18/19, GGS-MAML) or ``fd_hvp`` (HF-MAML). The backward
-recursion stores the iterates w_j (O(N d)) and recomputes step j's directions,
-gradient differences and batches inside the recursion, so the random
-estimators never keep b x d arrays across steps. With ``remat`` only every
-k-th iterate (k ~ sqrt(N)) is kept and each segment is recomputed.
+``ggs_hvp`` (eq. 18/19, GGS-MAML) or ``fd_hvp`` (HF-MAML). Three builders
+compute it:
+
+  ``_first_order``       no Hessian terms: G = grad l(w_N; T);
+  ``_through_scan``      ``jax.grad`` of l(w_N(w); T) through the ``lax.scan``;
+  ``_explicit_product``  the backward recursion with a pluggable oracle. It
+                         stores the iterates w_j (O(N d)) and recomputes step
+                         j's directions, gradient differences and batches
+                         inside the recursion, so the random estimators never
+                         keep b x d arrays across steps. With ``remat`` only
+                         every k-th iterate (k ~ sqrt(N)) is kept and each
+                         segment is recomputed.
+
+Called with a ``LearnedInnerLR`` as params, each returns the gradient w.r.t.
+the step sizes too, from the same recursion: dL/d alpha_j = -g_j ⊙ v_{j+1}.
 """
 
-from typing import Optional
+import functools
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +36,47 @@ import optax
 from maml_jax._src import base
 from maml_jax._src import inner
 from maml_jax._src import oracles
+from maml_jax._src import step_sizes as step_sizes_lib
 from maml_jax._src import validation
 
 _BACKPROP = ('auto', 'autodiff', 'product')
 
 
-def _check_task(task, params, loop, num_steps, sampler):
+class _Settings(NamedTuple):
+  """A factory's static hyperparameters (and its fixed inner_lr, if any)."""
+  value_fn: Any       # loss_fn(params, batch) -> scalar
+  loss_and_aux: Any   # loss_fn(params, batch) -> (scalar, aux or None)
+  inner_lr: Any
+  num_steps: int
+  sampler: Any
+  remat: Any
+  seg: inner.Segmentation
+  keep_batches: bool
+  loss_before: Optional[bool]
+  has_aux: bool
+
+
+def _settings(loss_fn, *, inner_lr, num_inner_steps, sampler, remat,
+              keep_batches, loss_before, has_aux) -> _Settings:
+  validation.check_callable(loss_fn, 'loss_fn')
+  if sampler is not None:
+    validation.check_callable(sampler, 'sampler')
+  if loss_before not in (None, True, False):
+    raise ValueError(f'loss_before must be None, True or False, got '
+                     f'{loss_before!r}.')
+  num_steps = validation.check_positive_int(num_inner_steps, 'num_inner_steps')
+  remat = validation.check_remat(remat)
+  return _Settings(
+      value_fn=validation.value_only(loss_fn, has_aux),
+      loss_and_aux=validation.with_aux(loss_fn, has_aux),
+      inner_lr=validation.check_inner_lr(inner_lr, allow_none=True),
+      num_steps=num_steps, sampler=sampler, remat=remat,
+      seg=inner.segmentation(num_steps, remat),
+      keep_batches=bool(keep_batches), loss_before=loss_before,
+      has_aux=bool(has_aux))
+
+
+def _check_task(task, params, loop, num_steps, sampler, value_fn):
   """Trace-time checks of one task against the estimator's settings."""
   if not isinstance(task, base.Task):
     raise ValueError(f'task must be a maml_jax.Task, got {type(task).__name__}.')
@@ -47,7 +94,7 @@ def _check_task(task, params, loop, num_steps, sampler):
                      'batch T.')
   support = inner.example_batch(task.support, params, sampler, 'task.support',
                                 loop.keys.query)
-  validation.check_scalar_loss(loop.loss_fn, params, support, 'task.support')
+  validation.check_scalar_loss(value_fn, params, support, 'task.support')
   query = inner.example_batch(task.query, params, sampler, 'task.query',
                               loop.keys.query)
   validation.check_batch_fits(query, support, 'task.query', 'task.support')
@@ -63,25 +110,213 @@ def _all_finite(tree):
                             for x in jax.tree.leaves(tree)]))
 
 
+class _Call(NamedTuple):
+  """One call's resolved inputs: w_0, the step sizes, the loop, the query."""
+  w0: Any
+  step_sizes: step_sizes_lib.StepSizes
+  learned: bool
+  loop: inner.InnerLoop
+  query_batch: Any  # w -> T
+
+
+def _prepare(s: _Settings, params, task, key, *, keep_grads=False) -> _Call:
+  learned = isinstance(params, step_sizes_lib.LearnedInnerLR)
+  if learned:
+    w0 = params.params
+    lr = validation.check_inner_lr(params.inner_lr, allow_none=False)
+  else:
+    w0, lr = params, s.inner_lr
+  ss = step_sizes_lib.StepSizes.resolve(lr, w0, s.num_steps)
+  keys = oracles.task_keys(key, s.num_steps)
+  loop = inner.InnerLoop(s.value_fn, task, keys, step_sizes=ss,
+                         num_steps=s.num_steps, sampler=s.sampler, seg=s.seg,
+                         keep_batches=s.keep_batches,
+                         keep_grads=keep_grads and learned)
+  _check_task(task, w0, loop, s.num_steps, s.sampler, s.value_fn)
+
+  def query_batch(w):
+    return inner.step_batch(task.query, 0, w, keys.query, s.sampler,
+                            'task.query')
+
+  return _Call(w0, ss, learned, loop, query_batch)
+
+
+def _finish(s: _Settings, call: _Call, *, grads_w, grads_lr, w_n, losses,
+            support, query, loss_after, aux_after):
+  """The meta-gradient (a ``LearnedInnerLR`` if the step sizes are learned) and
+  the ``EstimatorAux`` shared by every builder."""
+  grads = (step_sizes_lib.LearnedInnerLR(grads_w, grads_lr) if call.learned
+           else grads_w)
+  task = call.loop.task
+  before = s.loss_before
+  if before is None:
+    before = not isinstance(task.query, base.Sampled)
+  if before:
+    loss_b, aux_b = s.loss_and_aux(call.w0, call.query_batch(call.w0))
+  else:
+    loss_b, aux_b = None, None
+  aux = base.EstimatorAux(
+      query_loss_before=loss_b, query_loss_after=loss_after,
+      inner_losses=losses, finite=_all_finite(grads),
+      adapted_params=jax.lax.stop_gradient(w_n),
+      support_batches=support if s.keep_batches else None,
+      query_batch=query if s.keep_batches else None,
+      query_aux_before=aux_b, query_aux_after=aux_after)
+  return grads, aux
+
+
+def _step_lr_grads(call: _Call, grads_stacked, v):
+  """FO-MAML's step-size gradient: v_{j+1} = v = grad l(w_N; T) at every j."""
+  ss = call.step_sizes
+  per_step = jax.vmap(lambda g: ss.step_grad(g, v))(grads_stacked)
+  return ss.collect(per_step)
+
+
+def _first_order(s: _Settings):
+  """G = grad l(w_N; T): every Hessian term dropped (FO-MAML)."""
+
+  def est(params, task, key):
+    call = _prepare(s, params, task, key, keep_grads=True)
+    fwd = call.loop.forward(call.w0)
+    query = call.query_batch(fwd.adapted)
+    (loss_after, aux_after), grads_w = jax.value_and_grad(
+        s.loss_and_aux, has_aux=True)(fwd.adapted, query)
+    grads_lr = (_step_lr_grads(call, fwd.steps.grads, grads_w)
+                if call.learned else None)
+    return _finish(s, call, grads_w=grads_w, grads_lr=grads_lr,
+                   w_n=fwd.adapted, losses=fwd.steps.losses,
+                   support=fwd.steps.batches, query=query,
+                   loss_after=loss_after, aux_after=aux_after)
+
+  return est
+
+
+def _through_scan(s: _Settings):
+  """``jax.grad`` of l(w_N(w_0, alpha); T) through the inner ``lax.scan``."""
+
+  def est(params, task, key):
+    call = _prepare(s, params, task, key)
+    if task.hessian is not None:
+      raise ValueError(
+          'autodiff meta-gradients need task.hessian=None (Hessians of the '
+          'support loss); use the explicit product for a separate Hessian '
+          'batch.')
+
+    def outer_loss(w0, lr):
+      loop = call.loop.with_step_sizes(call.step_sizes.with_value(lr))
+      fwd = loop.forward(w0, checkpoint=s.remat is not False)
+      query = call.query_batch(fwd.adapted)
+      loss, aux_after = s.loss_and_aux(fwd.adapted, query)
+      return loss, (fwd, query, aux_after)
+
+    argnums = (0, 1) if call.learned else 0
+    (loss_after, (fwd, query, aux_after)), grads = jax.value_and_grad(
+        outer_loss, argnums=argnums, has_aux=True)(call.w0,
+                                                   call.step_sizes.value)
+    grads_w, grads_lr = grads if call.learned else (grads, None)
+    return _finish(s, call, grads_w=grads_w, grads_lr=grads_lr,
+                   w_n=fwd.adapted, losses=fwd.steps.losses,
+                   support=fwd.steps.batches, query=query,
+                   loss_after=loss_after, aux_after=aux_after)
+
+  return est
+
+
+def _explicit_product(s: _Settings, hvp: base.HvpOracle):
+  """The backward recursion v_j = v_{j+1} - H_j (alpha_j ⊙ v_{j+1}), eq. (8)."""
+  num_steps, seg = s.num_steps, s.seg
+
+  def est(params, task, key):
+    call = _prepare(s, params, task, key, keep_grads=True)
+    loop, ss = call.loop, call.step_sizes
+
+    def backward_step(v, xs):
+      j, steps = xs
+      s_j = steps.batches
+      if task.hessian is None and s_j is None:
+        s_j = loop.support(j, steps.params)
+      d_j = loop.hessian(j, steps.params, s_j)
+      k_j = inner.step_key(loop.keys.directions, j, num_steps)
+      alpha_j = ss.at(j)
+      if ss.kind == step_sizes_lib.SCALAR:
+        # v - alpha H v: the oracle sees v itself (HF-MAML's finite
+        # difference then steps by delta |v|, not delta alpha |v|).
+        v_next = optax.tree.sub(v, ss.scale(alpha_j, hvp(steps.params, d_j,
+                                                         v, k_j)))
+      else:
+        v_next = optax.tree.sub(v, hvp(steps.params, d_j, ss.scale(alpha_j, v),
+                                       k_j))
+      lr_grad = ss.step_grad(steps.grads, v) if call.learned else None
+      if seg.padded:
+        valid = j < num_steps
+        v_next = optax.tree.where(valid, v_next, v)
+        if call.learned:
+          lr_grad = optax.tree.where(valid, lr_grad,
+                                     optax.tree.zeros_like(lr_grad))
+      return v_next, lr_grad
+
+    if s.remat is False:
+      w_n, steps = loop.trajectory(call.w0)
+      losses, support = steps.losses, steps.batches
+    else:
+      fwd = loop.forward(call.w0, keep_segment_starts=True)
+      w_n, losses, support = fwd.adapted, fwd.steps.losses, fwd.steps.batches
+    query = call.query_batch(w_n)
+    (loss_after, aux_after), v = jax.value_and_grad(
+        s.loss_and_aux, has_aux=True)(w_n, query)
+
+    if s.remat is False:
+      v, lr_grads = jax.lax.scan(backward_step, v,
+                                 (jnp.arange(num_steps), steps), reverse=True)
+    else:
+
+      def backward_segment(v, xs):
+        seg_index, w_start = xs
+        first = seg_index * seg.length
+        _, seg_steps = loop.run(w_start, first, seg.length, store=True)
+        return jax.lax.scan(backward_step, v,
+                            (first + jnp.arange(seg.length), seg_steps),
+                            reverse=True)
+
+      v, lr_grads = jax.lax.scan(
+          backward_segment, v,
+          (jnp.arange(seg.num_segments), fwd.segment_starts), reverse=True)
+      lr_grads = loop._flatten_steps(lr_grads)  # pylint: disable=protected-access
+    grads_lr = ss.collect(lr_grads) if call.learned else None
+    return _finish(s, call, grads_w=v, grads_lr=grads_lr, w_n=w_n,
+                   losses=losses, support=support, query=query,
+                   loss_after=loss_after, aux_after=aux_after)
+
+  return est
+
+
 def estimator(loss_fn: base.LossFn,
               hvp: Optional[base.HvpOracle] = None,
               *,
-              inner_lr: float,
+              inner_lr=None,
               num_inner_steps: int,
               sampler: base.Sampler = None,
               remat=False,
               autodiff: bool = False,
-              keep_batches: bool = False) -> base.MetaEstimator:
+              keep_batches: bool = False,
+              has_aux: bool = False,
+              loss_before: Optional[bool] = None) -> base.MetaEstimator:
   """Builds a per-task meta-gradient estimator from a Hessian-vector oracle.
 
-  G = prod_{j=0}^{N-1} (I - alpha H_j) grad l(w_N; T)     (eq. 8 / eq. 19)
+  G = prod_{j=0}^{N-1} (I - alpha_j H_j) grad l(w_N; T)     (eq. 8 / eq. 19)
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``; the whole model contract.
+      With ``has_aux=True``: ``loss_fn(params, batch) -> (scalar, aux)``.
     hvp: ``hvp(params, batch, v, key) -> H v`` for the H_j terms (evaluated on
-      the Hessian batch D_j at w_j with step j's direction key), or None for
-      first-order MAML (no Hessian terms: G = grad l(w_N; T)).
-    inner_lr: alpha, the inner stepsize.
+      the Hessian batch D_j at w_j with step j's direction key; an oracle of
+      the scalar loss), or None for first-order MAML (no Hessian terms:
+      G = grad l(w_N; T)).
+    inner_lr: alpha, the inner stepsize: a positive Python number, or data
+      (an array, a tracer, a pytree in any form ``LearnedInnerLR`` accepts)
+      that may be vmapped over and differentiated. None: the estimator must
+      be called with a ``LearnedInnerLR`` as params. A ``LearnedInnerLR``
+      passed as params always overrides it.
     num_inner_steps: N >= 1.
     sampler: ``sampler(params, data, key) -> batch`` for ``Sampled`` batches.
     remat: False (keep every iterate, memory O(N d)), True (keep every
@@ -94,123 +329,55 @@ def estimator(loss_fn: base.LossFn,
       stacked ([N, ...]) and T, in ``aux.support_batches`` / ``aux.query_batch``
       (the sampled episodes of an RL task, say, so that a trust-region step can
       reuse them instead of sampling again). Holds N batches per task.
+    has_aux: ``loss_fn`` returns ``(loss, aux)`` (accuracy, logits, model
+      statistics); the aux of the query loss at w_N and at w_0 is reported in
+      ``EstimatorAux.query_aux_after`` / ``query_aux_before``.
+    loss_before: compute the query loss at w_0, l(w_0; T) (one more forward
+      pass; for a ``Sampled`` query one more sample, e.g. a rollout). None
+      (default): for plain query batches only; else as given. When not
+      computed, ``aux.query_loss_before`` is None.
 
   Returns:
-    ``est(params, task, key) -> (meta_grads, EstimatorAux)`` for one task.
+    ``est(params, task, key) -> (meta_grads, EstimatorAux)`` for one task;
+    with a ``LearnedInnerLR`` as params, meta_grads is a ``LearnedInnerLR``
+    (the gradients w.r.t. w_0 and w.r.t. the step sizes).
   """
-  validation.check_callable(loss_fn, 'loss_fn')
-  if hvp is not None:
-    validation.check_callable(hvp, 'hvp')
-  if sampler is not None:
-    validation.check_callable(sampler, 'sampler')
-  inner_lr = validation.check_positive_float(inner_lr, 'inner_lr')
-  num_steps = validation.check_positive_int(num_inner_steps, 'num_inner_steps')
-  remat = validation.check_remat(remat)
-  seg = inner.segmentation(num_steps, remat)
-  grad_fn = jax.value_and_grad(loss_fn)
-
-  def est(params, task, key):
-    keys = oracles.task_keys(key, num_steps)
-    loop = inner.InnerLoop(loss_fn, task, keys, inner_lr=inner_lr,
-                           num_steps=num_steps, sampler=sampler, seg=seg,
-                           keep_batches=keep_batches)
-    _check_task(task, params, loop, num_steps, sampler)
-
-    def query_batch(w):
-      return inner.step_batch(task.query, 0, w, keys.query, sampler,
-                              'task.query')
-
-    if autodiff:
-      if task.hessian is not None:
-        raise ValueError(
-            'autodiff meta-gradients need task.hessian=None (Hessians of the '
-            'support loss); use the explicit product for a separate Hessian '
-            'batch.')
-
-      def outer_loss(w):
-        w_n, _, losses, support = loop.forward(w, keep_segment_starts=False,
-                                               checkpoint=remat is not False)
-        query = query_batch(w_n)
-        return loss_fn(w_n, query), (losses, w_n, support, query)
-
-      (loss_after, (losses, w_n, support, query)), grads = jax.value_and_grad(
-          outer_loss, has_aux=True)(params)
-    elif hvp is None:
-      w_n, _, losses, support = loop.forward(params, keep_segment_starts=False,
-                                             checkpoint=False)
-      query = query_batch(w_n)
-      loss_after, grads = grad_fn(w_n, query)
-    else:
-
-      def backward_step(v, xs):
-        j, w_j, s_j = xs
-        if task.hessian is None and s_j is None:
-          s_j = loop.support(j, w_j)
-        d_j = loop.hessian(j, w_j, s_j)
-        hv = hvp(w_j, d_j, v, keys.directions[jnp.minimum(j, num_steps - 1)])
-        v_next = optax.tree.add_scale(v, -inner_lr, hv)
-        if seg.padded:
-          v_next = optax.tree.where(j < num_steps, v_next, v)
-        return v_next, None
-
-      if remat is False:
-        w_n, (ws, support), losses = loop.trajectory(params)
-        query = query_batch(w_n)
-        loss_after, grads = grad_fn(w_n, query)
-        grads, _ = jax.lax.scan(backward_step, grads,
-                                (jnp.arange(num_steps), ws, support),
-                                reverse=True)
-      else:
-        w_n, starts, losses, support = loop.forward(
-            params, keep_segment_starts=True, checkpoint=False)
-        query = query_batch(w_n)
-        loss_after, grads = grad_fn(w_n, query)
-
-        def backward_segment(v, xs):
-          s, w_start = xs
-          first = s * seg.length
-          _, (ws, batches, _) = loop.run(w_start, first, seg.length, store=True)
-          v, _ = jax.lax.scan(backward_step, v,
-                              (first + jnp.arange(seg.length), ws, batches),
-                              reverse=True)
-          return v, None
-
-        grads, _ = jax.lax.scan(backward_segment, grads,
-                                (jnp.arange(seg.num_segments), starts),
-                                reverse=True)
-
-    loss_before = loss_fn(params, query_batch(params))
-    aux = base.EstimatorAux(query_loss_before=loss_before,
-                            query_loss_after=loss_after,
-                            inner_losses=losses,
-                            finite=_all_finite(grads),
-                            adapted_params=jax.lax.stop_gradient(w_n),
-                            support_batches=support if keep_batches else None,
-                            query_batch=query if keep_batches else None)
-    return grads, aux
-
-  return est
+  s = _settings(loss_fn, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
+                sampler=sampler, remat=remat, keep_batches=keep_batches,
+                loss_before=loss_before, has_aux=has_aux)
+  if autodiff:
+    return _through_scan(s)
+  if hvp is None:
+    return _first_order(s)
+  validation.check_callable(hvp, 'hvp')
+  return _explicit_product(s, hvp)
 
 
-def maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
+_COMMON_DOC = """
+  Common arguments (see ``estimator``): ``inner_lr`` (a number, data, or None
+  to take the step sizes from a ``LearnedInnerLR`` passed as params),
+  ``num_inner_steps``, ``sampler``, ``remat``, ``keep_batches``, ``has_aux``,
+  ``loss_before``.
+"""
+
+
+def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
          sampler: base.Sampler = None, remat=False,
-         backprop: str = 'auto', keep_batches: bool = False) -> base.MetaEstimator:
+         backprop: str = 'auto', keep_batches: bool = False,
+         has_aux: bool = False,
+         loss_before: Optional[bool] = None) -> base.MetaEstimator:
   """Exact N-step MAML meta-gradient, eq. (3)/(8).
 
       G = (I - alpha H_0) ... (I - alpha H_{N-1}) grad l(w_N; T)
 
   Args:
-    loss_fn: ``loss_fn(params, batch) -> scalar``.
-    inner_lr: alpha.
-    num_inner_steps: N.
-    sampler: ``sampler(params, data, key) -> batch`` for ``Sampled`` batches.
-    remat: rematerialize the inner loop (memory ~ sqrt(N)); see ``estimator``.
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (or ``(scalar, aux)``).
     backprop: 'autodiff' (``jax.grad`` through the ``lax.scan``; needs
       ``task.hessian=None``), 'product' (explicit reverse recursion with exact
       forward-over-reverse Hessian-vector products) or 'auto' (autodiff when
       ``task.hessian`` is None, else product). In the finite-sum case both
-      agree to float precision.
-    keep_batches: return the batches used in the aux (see ``estimator``).
+      agree to float precision, step-size gradients included.
+    **common: see ``estimator``.
 
   Returns:
     ``est(params, task, key) -> (meta_grads, EstimatorAux)``.
@@ -222,8 +389,10 @@ def maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
   if backprop not in _BACKPROP:
     raise ValueError(f'backprop must be one of {_BACKPROP}, got {backprop!r}.')
   kwargs = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-                sampler=sampler, remat=remat, keep_batches=keep_batches)
-  product = estimator(loss_fn, oracles.exact_hvp(loss_fn), **kwargs)
+                sampler=sampler, remat=remat, keep_batches=keep_batches,
+                has_aux=has_aux, loss_before=loss_before)
+  hvp = oracles.exact_hvp(validation.value_only(loss_fn, has_aux))
+  product = estimator(loss_fn, hvp, **kwargs)
   if backprop == 'product':
     return product
   through_scan = estimator(loss_fn, None, autodiff=True, **kwargs)
@@ -238,64 +407,133 @@ def maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
   return est
 
 
-def fo_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
+def fo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
             sampler: base.Sampler = None, remat=False,
-            keep_batches: bool = False) -> base.MetaEstimator:
+            keep_batches: bool = False, has_aux: bool = False,
+            loss_before: Optional[bool] = None) -> base.MetaEstimator:
   """First-order MAML: every Hessian term dropped, G = grad l(w_N; T).
 
   Memory O(d) whatever N (``remat`` is accepted for a uniform API and has
-  nothing to save).
+  nothing to save). With learned step sizes it keeps the N inner gradients
+  g_j for dL/d alpha_j = -g_j ⊙ grad l(w_N; T): O(N d).
   """
   validation.check_remat(remat)
   return estimator(loss_fn, None, inner_lr=inner_lr,
                    num_inner_steps=num_inner_steps, sampler=sampler,
-                   keep_batches=keep_batches)
+                   keep_batches=keep_batches, has_aux=has_aux,
+                   loss_before=loss_before)
 
 
-def zo_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
+def zo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
             num_directions: int, delta: float, subtract_identity: bool = False,
             sampler: base.Sampler = None, remat=False,
-            keep_batches: bool = False) -> base.MetaEstimator:
+            keep_batches: bool = False, has_aux: bool = False,
+            loss_before: Optional[bool] = None) -> base.MetaEstimator:
   """ZO-MAML: eq. (8) with the zeroth-order Hessian estimate of eq. (17).
 
   Fresh Gaussian directions for every task, inner step and call. The default
   is the paper's estimator, biased by (l_delta - l)/delta^2 I (Proposition 5);
   ``subtract_identity=True`` is the ES-MAML (u u^T - I) variant, which is not
-  the paper's ZO-MAML. See ``zo_hvp``.
+  the paper's ZO-MAML. See ``zo_hvp``; other arguments as ``estimator``.
   """
-  return estimator(
-      loss_fn,
-      oracles.zo_hvp(loss_fn, num_directions=num_directions, delta=delta,
-                     subtract_identity=subtract_identity),
-      inner_lr=inner_lr, num_inner_steps=num_inner_steps, sampler=sampler,
-      remat=remat, keep_batches=keep_batches)
+  hvp = oracles.zo_hvp(validation.value_only(loss_fn, has_aux),
+                       num_directions=num_directions, delta=delta,
+                       subtract_identity=subtract_identity)
+  return estimator(loss_fn, hvp, inner_lr=inner_lr,
+                   num_inner_steps=num_inner_steps, sampler=sampler,
+                   remat=remat, keep_batches=keep_batches, has_aux=has_aux,
+                   loss_before=loss_before)
 
 
-def ggs_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
+def ggs_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
              num_directions: int, delta: float, sampler: base.Sampler = None,
-             remat=False, keep_batches: bool = False) -> base.MetaEstimator:
+             remat=False, keep_batches: bool = False, has_aux: bool = False,
+             loss_before: Optional[bool] = None) -> base.MetaEstimator:
   """GGS-MAML (Algorithm 2): eq. (19) with the GGS Hessian estimate of eq. (18).
 
       G = prod_{j=0}^{N-1} (I - alpha H_ggs(w_j)) grad l(w_N; T)
 
   The b perturbed gradients of each step are one ``vmap``; fresh directions
-  for every task, inner step and call. See ``ggs_hvp``.
+  for every task, inner step and call. See ``ggs_hvp``; other arguments as
+  ``estimator``.
   """
-  return estimator(
-      loss_fn,
-      oracles.ggs_hvp(loss_fn, num_directions=num_directions, delta=delta),
-      inner_lr=inner_lr, num_inner_steps=num_inner_steps, sampler=sampler,
-      remat=remat, keep_batches=keep_batches)
+  hvp = oracles.ggs_hvp(validation.value_only(loss_fn, has_aux),
+                        num_directions=num_directions, delta=delta)
+  return estimator(loss_fn, hvp, inner_lr=inner_lr,
+                   num_inner_steps=num_inner_steps, sampler=sampler,
+                   remat=remat, keep_batches=keep_batches, has_aux=has_aux,
+                   loss_before=loss_before)
 
 
-def hf_maml(loss_fn: base.LossFn, *, inner_lr: float, num_inner_steps: int,
+def hf_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
             delta: float, sampler: base.Sampler = None,
-            remat=False, keep_batches: bool = False) -> base.MetaEstimator:
+            remat=False, keep_batches: bool = False, has_aux: bool = False,
+            loss_before: Optional[bool] = None) -> base.MetaEstimator:
   """HF-MAML (Fallah et al. 2019): eq. (8) with finite-difference H v products.
 
   H_j v ~ (grad l(w_j + delta v) - grad l(w_j - delta v)) / (2 delta), applied
-  to the running vector v of the backward recursion. See ``fd_hvp``.
+  to the running vector v of the backward recursion (to alpha_j ⊙ v for
+  per-layer or per-parameter step sizes). See ``fd_hvp``; other arguments as
+  ``estimator``.
   """
-  return estimator(loss_fn, oracles.fd_hvp(loss_fn, delta=delta),
-                   inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-                   sampler=sampler, remat=remat, keep_batches=keep_batches)
+  hvp = oracles.fd_hvp(validation.value_only(loss_fn, has_aux), delta=delta)
+  return estimator(loss_fn, hvp, inner_lr=inner_lr,
+                   num_inner_steps=num_inner_steps, sampler=sampler,
+                   remat=remat, keep_batches=keep_batches, has_aux=has_aux,
+                   loss_before=loss_before)
+
+
+# The registry: one list of estimator names, one dispatcher.
+_FACTORIES = {
+    'maml': maml,
+    'fo_maml': fo_maml,
+    'zo_maml': zo_maml,
+    'ggs_maml': ggs_maml,
+    'hf_maml': hf_maml,
+}
+ESTIMATORS = tuple(_FACTORIES)
+
+
+@functools.cache
+def hyperparameters(name: str) -> tuple[str, ...]:
+  """The keyword arguments the estimator ``name`` takes (besides loss_fn)."""
+  _check_name(name)
+  import inspect  # pylint: disable=g-import-not-at-top
+  sig = inspect.signature(_FACTORIES[name])
+  return tuple(p.name for p in sig.parameters.values()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_name(name):
+  if name not in _FACTORIES:
+    raise ValueError(f'unknown estimator {name!r}; choose one of '
+                     f'{", ".join(ESTIMATORS)}.')
+
+
+def make_estimator(name: str, loss_fn: base.LossFn,
+                   **hyperparams) -> base.MetaEstimator:
+  """The estimator called ``name`` (one of ``ESTIMATORS``), built from keywords.
+
+  Args:
+    name: 'maml', 'fo_maml', 'zo_maml', 'ggs_maml' or 'hf_maml'.
+    loss_fn: ``loss_fn(params, batch) -> scalar``.
+    **hyperparams: the factory's keyword arguments (``hyperparameters(name)``
+      lists them); one the estimator does not take is an error, so a
+      launcher passes only what applies (e.g. no ``delta`` to 'maml').
+
+  Raises:
+    ValueError: an unknown name, or a hyperparameter the estimator does not
+      take (both named in the message).
+
+  Example:
+    >>> est = mj.make_estimator('ggs_maml', loss_fn, inner_lr=0.01,
+    ...                         num_inner_steps=3, num_directions=10,
+    ...                         delta=1e-2)
+  """
+  _check_name(name)
+  accepted = hyperparameters(name)
+  unknown = sorted(set(hyperparams) - set(accepted))
+  if unknown:
+    raise ValueError(f'estimator {name!r} does not take {", ".join(unknown)}; '
+                     f'it takes {", ".join(accepted)}.')
+  return _FACTORIES[name](loss_fn, **hyperparams)

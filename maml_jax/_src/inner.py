@@ -1,23 +1,27 @@
 """The N-step inner loop of eq. (1)/(6) as a ``lax.scan``, with optional remat.
 
-    w_0 = w,   w_{j+1} = w_j - alpha * grad l(w_j; S_j),   j = 0..N-1
+    w_0 = w,   w_{j+1} = w_j - alpha_j ⊙ grad l(w_j; S_j),   j = 0..N-1
 
-The batch S_j comes from the task's ``support`` field: a plain batch (every
-step), a ``PerStep`` (slice j) or a ``Sampled`` (drawn at w_j with the step's
-key). Steps are run in segments so that ``remat`` can keep only every k-th
-iterate (k ~ sqrt(N)) and recompute the rest; steps past N (padding of the last
-segment) leave the parameters unchanged.
+(alpha_j a fixed or learned step size, see ``step_sizes``). The batch S_j comes
+from the task's ``support`` field: a plain batch (every step), a ``PerStep``
+(slice j) or a ``Sampled`` (drawn at w_j with the step's key). Steps are run in
+segments so that ``remat`` can keep only every k-th iterate (k ~ sqrt(N)) and
+recompute the rest; steps past N (padding of the last segment) leave the
+parameters unchanged.
 """
 
+import copy
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
 
 from maml_jax._src import base
 from maml_jax._src import oracles
+from maml_jax._src import step_sizes as step_sizes_lib
 from maml_jax._src import validation
 
 
@@ -26,6 +30,11 @@ def _check_sampler(sampler, name):
     raise ValueError(
         f'{name} is Sampled but the estimator was built without a sampler; '
         'pass sampler=fn(params, data, key) -> batch to the factory.')
+
+
+def step_key(keys: chex.PRNGKey, j, num_steps: int) -> chex.PRNGKey:
+  """Step j's key from an [N] key array (padding steps reuse the last)."""
+  return keys[jnp.minimum(j, num_steps - 1)]
 
 
 def step_batch(spec, j, params, key, sampler, name):
@@ -71,26 +80,69 @@ def segmentation(num_steps: int, remat) -> Segmentation:
   return Segmentation(num_steps, length, math.ceil(num_steps / length))
 
 
+class Steps(NamedTuple):
+  """What a run of inner steps records, stacked over its steps.
+
+  Attributes:
+    params: the iterates w_j at which the steps started, or None.
+    grads: the gradients g_j = grad l(w_j; S_j), or None.
+    batches: the support batches S_j, or None.
+    losses: the support losses l(w_j; S_j) (0 on padding steps).
+  """
+  params: Any
+  grads: Any
+  batches: Any
+  losses: chex.Array
+
+
+class Forward(NamedTuple):
+  """All N inner steps.
+
+  Attributes:
+    adapted: w_N.
+    segment_starts: the first iterate of every segment [S, ...], or None.
+    steps: ``Steps`` over the N steps (padding dropped); ``params`` is None.
+  """
+  adapted: Any
+  segment_starts: Any
+  steps: Steps
+
+
 class InnerLoop:
-  """The inner loop of one task, closed over its data, keys and hyperparameters.
+  """The inner loop of one task, closed over its data, keys and step sizes.
 
   Not part of the public API: estimators build one per call (at trace time).
+
+  Which batches S_j a run keeps follows one rule (``_keeps_batches``): every
+  one when the estimator hands them back (``keep_batches``), and, in runs that
+  store iterates for the backward pass, the sampled ones it would otherwise
+  have to draw again (``Sampled`` support reused as the Hessian batch).
   """
 
-  def __init__(self, loss_fn, task, keys, *, inner_lr, num_steps, sampler,
-               seg: Segmentation, keep_batches=False):
+  def __init__(self, loss_fn, task, keys: oracles.TaskKeys, *,
+               step_sizes: step_sizes_lib.StepSizes, num_steps: int, sampler,
+               seg: Segmentation, keep_batches: bool = False,
+               keep_grads: bool = False):
     self.loss_fn = loss_fn
     self.task = task
     self.keys = keys
-    self.inner_lr = inner_lr
+    self.step_sizes = step_sizes
     self.num_steps = num_steps
     self.sampler = sampler
     self.seg = seg
     self.keep_batches = keep_batches
+    self.keep_grads = keep_grads
     self.grad_fn = jax.value_and_grad(loss_fn)
 
+  def with_step_sizes(self, step_sizes):
+    """The same loop with other step sizes (e.g. a traced value to differentiate)."""
+    loop = copy.copy(self)
+    loop.step_sizes = step_sizes
+    return loop
+
   def support(self, j, params):
-    key = self.keys.support[jnp.minimum(j, self.num_steps - 1)]
+    """S_j, the support batch of step j at the iterate ``params`` = w_j."""
+    key = step_key(self.keys.support, j, self.num_steps)
     return step_batch(self.task.support, j, params, key, self.sampler,
                       'task.support')
 
@@ -98,101 +150,103 @@ class InnerLoop:
     """D_j: the task's Hessian batch, or the support batch S_j when None."""
     if self.task.hessian is None:
       return support_batch
-    key = self.keys.hessian[jnp.minimum(j, self.num_steps - 1)]
+    key = step_key(self.keys.hessian, j, self.num_steps)
     return step_batch(self.task.hessian, j, params, key, self.sampler,
                       'task.hessian')
 
-  @property
-  def stores_batches(self):
-    """Whether S_j must be kept for the backward pass (sampled and reused as D_j)."""
-    return (isinstance(self.task.support, base.Sampled)
-            and self.task.hessian is None)
+  def _keeps_batches(self, store):
+    reused = (isinstance(self.task.support, base.Sampled)
+              and self.task.hessian is None)
+    return self.keep_batches or (store and reused)
+
+  def run(self, params, start, length, store):
+    """Steps start..start+length-1 from ``params``: (params after, ``Steps``).
+
+    ``store`` keeps the iterates w_j (for a backward recursion).
+    """
+    ss = self.step_sizes
+
+    def body(w, j):
+      batch = self.support(j, w)
+      loss, grad = self.grad_fn(w, batch)
+      w_next = optax.tree.sub(w, ss.scale(ss.at(j), grad))
+      if self.seg.padded:
+        valid = j < self.num_steps
+        w_next = optax.tree.where(valid, w_next, w)
+        loss = jnp.where(valid, loss, jnp.zeros_like(loss))
+        grad = optax.tree.where(valid, grad, optax.tree.zeros_like(grad))
+      return w_next, Steps(params=w if store else None,
+                           grads=grad if self.keep_grads else None,
+                           batches=batch if self._keeps_batches(store) else None,
+                           losses=loss)
+
+    return jax.lax.scan(body, params, start + jnp.arange(length))
 
   def _flatten_steps(self, stacked):
     """[segments, length, ...] -> [N, ...] (drops the padding steps)."""
     return jax.tree.map(
         lambda x: x.reshape((-1,) + x.shape[2:])[:self.num_steps], stacked)
 
-  def run(self, params, start, length, store):
-    """Steps start..start+length-1 from ``params``.
-
-    Returns:
-      (params after the steps, (w_j stacked or None, S_j stacked or None,
-      support losses [length])).
-    """
-
-    def body(w, j):
-      batch = self.support(j, w)
-      loss, grad = self.grad_fn(w, batch)
-      w_next = optax.tree.add_scale(w, -self.inner_lr, grad)
-      if self.seg.padded:
-        valid = j < self.num_steps
-        w_next = optax.tree.where(valid, w_next, w)
-        loss = jnp.where(valid, loss, jnp.zeros_like(loss))
-      keep_w = w if store else None
-      keep_s = (batch if (store and self.stores_batches) or self.keep_batches
-                else None)
-      return w_next, (keep_w, keep_s, loss)
-
-    return jax.lax.scan(body, params, start + jnp.arange(length))
-
-  def forward(self, params, *, keep_segment_starts, checkpoint):
+  def forward(self, params, *, keep_segment_starts: bool = False,
+              checkpoint: bool = False) -> Forward:
     """All N steps, segment by segment.
 
     Args:
       params: w_0.
       keep_segment_starts: return the first iterate of every segment.
       checkpoint: wrap each segment in ``jax.checkpoint`` (autodiff remat).
-
-    Returns:
-      (w_N, segment starts [S, ...] or None, support losses [N], S_j [N] if
-      ``keep_batches`` else None).
     """
     seg = self.seg
 
     def segment(w, s):
-      w_end, (_, batches, losses) = self.run(w, s * seg.length, seg.length,
-                                             store=False)
-      return w_end, (w if keep_segment_starts else None, losses, batches)
+      w_end, steps = self.run(w, s * seg.length, seg.length, store=False)
+      return w_end, (w if keep_segment_starts else None, steps)
 
     if checkpoint:
       segment = jax.checkpoint(segment)
-    w_n, (starts, losses, batches) = jax.lax.scan(segment, params,
-                                                  jnp.arange(seg.num_segments))
-    return w_n, starts, self._flatten_steps(losses), self._flatten_steps(batches)
+    w_n, (starts, steps) = jax.lax.scan(segment, params,
+                                        jnp.arange(seg.num_segments))
+    return Forward(w_n, starts, self._flatten_steps(steps))
 
   def trajectory(self, params):
-    """All N steps keeping every iterate: (w_N, (w_j [N], S_j [N] or None), losses)."""
-    w_n, (ws, batches, losses) = self.run(params, 0, self.num_steps, store=True)
-    return w_n, (ws, batches), losses
+    """All N steps keeping every iterate: (w_N, ``Steps`` with the w_j)."""
+    return self.run(params, 0, self.num_steps, store=True)
 
 
 def adapt(loss_fn: base.LossFn, params: base.Params, support: Any, *,
-          inner_lr: float, num_steps: int, sampler: base.Sampler = None,
-          key=None):
+          inner_lr, num_steps: int, sampler: base.Sampler = None,
+          key: Optional[chex.PRNGKey] = None, has_aux: bool = False):
   """Runs the inner loop of eq. (1): ``num_steps`` gradient steps on ``support``.
 
   Args:
-    loss_fn: ``loss_fn(params, batch) -> scalar``.
-    params: w_0.
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (``-> (scalar, aux)`` with
+      ``has_aux=True``).
+    params: w_0, or a ``LearnedInnerLR`` whose step sizes are used (then
+      ``inner_lr`` may be None).
     support: a batch, ``PerStep`` or ``Sampled`` (as ``Task.support``).
-    inner_lr: alpha.
+    inner_lr: alpha, in any form a ``LearnedInnerLR`` accepts (a per-step
+      one needs ``num_steps`` = its length N).
     num_steps: number of inner steps (0 returns ``params``).
     sampler: ``sampler(params, data, key) -> batch`` for ``Sampled`` support.
     key: PRNG key for ``Sampled`` support (split as in ``task_keys``).
+    has_aux: ``loss_fn`` returns ``(loss, aux)``; only the loss is used.
 
   Returns:
     (adapted parameters w_N, support losses l(w_j; S_j) of shape [num_steps]).
   """
-  inner_lr = validation.check_positive_float(inner_lr, 'inner_lr')
+  if isinstance(params, step_sizes_lib.LearnedInnerLR):
+    params, inner_lr = params.params, params.inner_lr
+  inner_lr = validation.check_inner_lr(inner_lr, allow_none=False)
   if num_steps == 0:
     return params, jnp.zeros((0,))
   num_steps = validation.check_positive_int(num_steps, 'num_steps')
+  value_fn = validation.value_only(loss_fn, has_aux)
   keys = oracles.task_keys(jax.random.PRNGKey(0) if key is None else key,
                            num_steps)
-  loop = InnerLoop(loss_fn, base.Task(support=support, query=None), keys,
-                   inner_lr=inner_lr, num_steps=num_steps, sampler=sampler,
+  loop = InnerLoop(value_fn, base.Task(support=support, query=None), keys,
+                   step_sizes=step_sizes_lib.StepSizes.resolve(
+                       inner_lr, params, num_steps),
+                   num_steps=num_steps, sampler=sampler,
                    seg=segmentation(num_steps, False))
-  w_n, _, losses, _ = loop.forward(params, keep_segment_starts=False,
-                                   checkpoint=False)
-  return w_n, losses
+  fwd = loop.forward(params)
+  return fwd.adapted, fwd.steps.losses

@@ -1,6 +1,6 @@
 """Task batches: the meta-gradient of eq. (7) and sharding over a "tasks" axis."""
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import chex
 import jax
@@ -14,16 +14,24 @@ class MetaAux(NamedTuple):
   """What ``meta_gradient`` reports besides the averaged meta-gradient.
 
   Attributes:
-    query_loss_before: mean over tasks of l_i(w_0; T_i).
+    query_loss_before: mean over tasks of l_i(w_0; T_i) (None when the
+      estimator does not compute it: a ``Sampled`` query, by default).
     query_loss_after: mean over tasks of l_i(w_N; T_i).
     num_nonfinite: number of tasks whose meta-gradient had a NaN/inf; they are
       left out of the average (never silently averaged into the update).
-    per_task: the estimators' ``EstimatorAux``, stacked over tasks.
+    per_task: the estimators' ``EstimatorAux``, stacked over tasks (over this
+      device's tasks inside ``shard_map``).
+    query_aux_before: with a ``has_aux`` loss, the mean over tasks of every
+      leaf of the query aux at w_0 (booleans and integers as floats); else
+      None.
+    query_aux_after: the same for the aux of l(w_N; T).
   """
-  query_loss_before: chex.Array
+  query_loss_before: Optional[chex.Array]
   query_loss_after: chex.Array
   num_nonfinite: chex.Array
   per_task: base.EstimatorAux
+  query_aux_before: Any = None
+  query_aux_after: Any = None
 
 
 def num_tasks(tasks: base.Task) -> int:
@@ -45,8 +53,54 @@ def num_tasks(tasks: base.Task) -> int:
   return sizes.pop()
 
 
+def _task_keys(key, n, axis_name):
+  """Task i's key: ``split(key, total)[global index of i]``, whatever the sharding."""
+  if axis_name is None:
+    return jax.random.split(key, n)
+  size = jax.lax.axis_size(axis_name)
+  first = jax.lax.axis_index(axis_name) * n
+  return jax.lax.dynamic_slice_in_dim(jax.random.split(key, n * size), first, n)
+
+
+def _make_varying(tree, axis_name):
+  """Marks replicated values device-varying inside shard_map (SPEC section 8).
+
+  Without it, the gradient w.r.t. a replicated value is psum-ed over the axis by
+  its transpose, so each per-task meta-gradient would already be a sum over
+  devices. Outside shard_map (pmap, or shard_map without varying-axis types)
+  there is nothing to mark.
+  """
+  def cast(x):
+    vma = getattr(jax.typeof(x), 'vma', frozenset())
+    if axis_name in vma:
+      return x
+    try:
+      return jax.lax.pcast(x, axis_name, to='varying')
+    except (ValueError, TypeError, NameError):  # not under a typed shard_map
+      return x
+  return jax.tree.map(cast, tree)
+
+
+def _mean_numeric(tree, n_total, axis_name):
+  """Mean over the task axis (and over ``axis_name``) of every leaf."""
+  if tree is None:
+    return None
+
+  def mean(x):
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+      x = x.astype(jnp.float32)
+    total = jnp.sum(x, axis=0)
+    if axis_name is not None:
+      total = jax.lax.psum(total, axis_name)
+    return total / n_total
+
+  return jax.tree.map(mean, tree)
+
+
 def meta_gradient(est: base.MetaEstimator, params: base.Params,
-                  tasks: base.Task, key: chex.PRNGKey):
+                  tasks: base.Task, key: chex.PRNGKey, *,
+                  axis_name: Optional[str] = None):
   """Mean meta-gradient over a batch of tasks, eq. (7).
 
       G(w) = (1/|B|) sum_{i in B} G_i(w)
@@ -54,33 +108,54 @@ def meta_gradient(est: base.MetaEstimator, params: base.Params,
   The estimator is ``jax.vmap``-ed over the tasks, task i getting
   ``jax.random.split(key, |B|)[i]``. Tasks whose meta-gradient is not finite
   are left out of the mean and counted in ``aux.num_nonfinite``. Works
-  unchanged when ``tasks`` is sharded over devices along its leading axis.
+  unchanged when ``tasks`` is a global array sharded over devices along its
+  leading axis (``shard_tasks``).
+
+  Inside ``jax.shard_map`` or ``jax.pmap`` over a mesh axis that splits the
+  tasks, pass its name as ``axis_name``: ``tasks`` is then this device's
+  share, task i of device k gets the key of global task k * |B_local| + i,
+  and the masked mean, the non-finite count and the mean losses reduce over
+  the axis, so the result equals the unsharded one on every device.
 
   Args:
     est: a per-task estimator (``maml``, ``ggs_maml``, ...).
-    params: meta parameters w.
+    params: meta parameters w (or a ``LearnedInnerLR``), replicated.
     tasks: a ``Task`` whose leaves carry a leading task axis.
-    key: PRNG key.
+    key: PRNG key, the same on every device.
+    axis_name: the mesh axis the tasks are split over, or None.
 
   Returns:
     (mean meta-gradient shaped like ``params``, ``MetaAux``).
   """
   n = num_tasks(tasks)
-  keys = jax.random.split(key, n)
+  keys = _task_keys(key, n, axis_name)
+  if axis_name is not None:
+    params = _make_varying(params, axis_name)
   grads, aux = jax.vmap(est, in_axes=(None, 0, 0))(params, tasks, keys)
   finite = aux.finite
   count = jnp.sum(finite)
-  denom = jnp.maximum(count, 1).astype(jnp.result_type(*jax.tree.leaves(params)))
+  n_total = n
+  if axis_name is not None:
+    count = jax.lax.psum(count, axis_name)
+    n_total = n * jax.lax.axis_size(axis_name)
+  denom = jnp.maximum(count, 1)
 
   def masked_mean(g):
     mask = finite.reshape((n,) + (1,) * (g.ndim - 1))
-    return jnp.sum(jnp.where(mask, g, jnp.zeros_like(g)), axis=0) / denom.astype(g.dtype)
+    total = jnp.sum(jnp.where(mask, g, jnp.zeros_like(g)), axis=0)
+    if axis_name is not None:
+      total = jax.lax.psum(total, axis_name)
+    return total / denom.astype(g.dtype)
 
   mean_grads = jax.tree.map(masked_mean, grads)
-  meta_aux = MetaAux(query_loss_before=jnp.mean(aux.query_loss_before),
-                     query_loss_after=jnp.mean(aux.query_loss_after),
-                     num_nonfinite=n - count,
-                     per_task=aux)
+  meta_aux = MetaAux(
+      query_loss_before=_mean_numeric(aux.query_loss_before, n_total,
+                                      axis_name),
+      query_loss_after=_mean_numeric(aux.query_loss_after, n_total, axis_name),
+      num_nonfinite=n_total - count,
+      per_task=aux,
+      query_aux_before=_mean_numeric(aux.query_aux_before, n_total, axis_name),
+      query_aux_after=_mean_numeric(aux.query_aux_after, n_total, axis_name))
   return mean_grads, meta_aux
 
 

@@ -99,6 +99,7 @@ def zo_hvp(loss_fn: base.LossFn, *, num_directions: int, delta: float,
   delta = validation.check_positive_float(delta, 'delta')
 
   def hvp(params, batch, v, key):
+    validation.check_delta(delta, params, 'zo_hvp')
     u = gaussian_directions(key, params, num_directions)
     loss_at = lambda du: loss_fn(optax.tree.add_scale(params, delta, du), batch)
     l_plus = jax.vmap(loss_at)(u)
@@ -137,6 +138,7 @@ def ggs_hvp(loss_fn: base.LossFn, *, num_directions: int,
   grad_fn = jax.grad(loss_fn)
 
   def hvp(params, batch, v, key):
+    validation.check_delta(delta, params, 'ggs_hvp')
     u = gaussian_directions(key, params, num_directions)
     g_zero = grad_fn(params, batch)
     g_pert = jax.vmap(
@@ -160,6 +162,7 @@ def fd_hvp(loss_fn: base.LossFn, *, delta: float) -> base.HvpOracle:
 
   def hvp(params, batch, v, key):
     del key
+    validation.check_delta(delta, params, 'fd_hvp')
     g_plus = grad_fn(optax.tree.add_scale(params, delta, v), batch)
     g_minus = grad_fn(optax.tree.add_scale(params, -delta, v), batch)
     return optax.tree.scale(1.0 / (2.0 * delta), optax.tree.sub(g_plus, g_minus))

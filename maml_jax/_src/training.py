@@ -47,11 +47,16 @@ def _train_step(est, optimizer):
     params = optax.tree.where(ok, params, state.params)
     opt_state = optax.tree.where(ok, opt_state, state.opt_state)
     metrics = {
-        'loss_before': aux.query_loss_before,
         'loss_after': aux.query_loss_after,
         'grad_norm': optax.tree.norm(grads),
         'num_nonfinite': aux.num_nonfinite,
     }
+    if aux.query_loss_before is not None:
+      metrics['loss_before'] = aux.query_loss_before
+    if aux.query_aux_after is not None:
+      metrics['aux_after'] = aux.query_aux_after
+    if aux.query_aux_before is not None:
+      metrics['aux_before'] = aux.query_aux_before
     return TrainState(params, opt_state, state.iteration + 1), metrics
 
   return step
@@ -70,8 +75,11 @@ def make_train_step(est: base.MetaEstimator,
 
   Returns:
     ``step(state, tasks, key) -> (state, metrics)`` with scalar metrics
-    'loss_before', 'loss_after' (mean query losses before/after adaptation),
-    'grad_norm' and 'num_nonfinite'. When every task's meta-gradient is
+    'loss_before', 'loss_after' (mean query losses before/after adaptation;
+    'loss_before' only when the estimator computes it), 'grad_norm' and
+    'num_nonfinite', and with a ``has_aux`` loss 'aux_after' / 'aux_before'
+    (the task means of the query aux, ``MetaAux``). ``state.params`` may be
+    a ``LearnedInnerLR``: the optimizer then updates w_0 and the step sizes. When every task's meta-gradient is
     non-finite the update is skipped (and reported).
   """
   validation.check_callable(est, 'est')

@@ -292,3 +292,123 @@ def test_remat_reduces_compiled_memory():
     # N iterates of 8 * d bytes vs about 2 sqrt(N) of them.
     assert full > n * d * 8 * 0.9
     assert remat < full / 2.5, (full, remat)
+
+
+KEY_ = jax.random.PRNGKey(0)
+
+
+def _loss_with_aux(w, batch):
+  value = q.loss(w, batch)
+  return value, {'residual_norm': jnp.linalg.norm(w - batch['c']),
+                 'below_one': value < 1.0}
+
+
+@pytest.mark.parametrize('name', mj.ESTIMATORS)
+def test_has_aux_reports_query_aux_at_w0_and_w_n(name):
+  """loss_fn -> (loss, aux): the same meta-gradient, aux per task and averaged."""
+  w, supports, query, _ = _problem(40, 2)
+  task = mj.Task(support=q.as_jax(supports[0]), query=q.as_jax(query))
+  kwargs = {k: v for k, v in dict(num_directions=2, delta=0.1).items()
+            if k in mj.estimator_hyperparameters(name)}
+  plain = mj.make_estimator(name, q.loss, inner_lr=ALPHA, num_inner_steps=2,
+                            **kwargs)
+  with_aux = mj.make_estimator(name, _loss_with_aux, inner_lr=ALPHA,
+                               num_inner_steps=2, has_aux=True, **kwargs)
+  key = jax.random.PRNGKey(3)
+  g0, a0 = jax.jit(plain)(jnp.asarray(w), task, key)
+  g1, a1 = jax.jit(with_aux)(jnp.asarray(w), task, key)
+  np.testing.assert_allclose(g1, g0, rtol=1e-12)
+  assert a0.query_aux_after is None and a0.query_aux_before is None
+  w_n = q.inner_iterates(w, supports, ALPHA)[-1]
+  np.testing.assert_allclose(a1.query_aux_after['residual_norm'],
+                             np.linalg.norm(w_n - query['c']), rtol=1e-12)
+  np.testing.assert_allclose(a1.query_aux_before['residual_norm'],
+                             np.linalg.norm(w - query['c']), rtol=1e-12)
+  # Averaged over tasks (booleans as fractions) by meta_gradient.
+  tasks = jax.tree.map(lambda x: jnp.stack([x, x, 10 * x]), task)
+  _, meta_aux = mj.meta_gradient(with_aux, jnp.asarray(w), tasks, key)
+  per_task = meta_aux.per_task.query_aux_after
+  np.testing.assert_allclose(meta_aux.query_aux_after['residual_norm'],
+                             np.mean(per_task['residual_norm']), rtol=1e-12)
+  np.testing.assert_allclose(meta_aux.query_aux_after['below_one'],
+                             np.mean(np.asarray(per_task['below_one'], float)))
+  with pytest.raises(ValueError, match='has_aux'):
+    mj.make_estimator(name, q.loss, inner_lr=ALPHA, num_inner_steps=2,
+                      has_aux=True, **kwargs)(jnp.asarray(w), task, key)
+
+
+def test_has_aux_in_the_train_step_metrics():
+  w, supports, query, _ = _problem(41, 2)
+  tasks = jax.tree.map(lambda x: jnp.stack([x, 2 * x]),
+                       mj.Task(support=q.as_jax(supports[0]),
+                               query=q.as_jax(query)))
+  import optax
+  est = mj.maml(_loss_with_aux, inner_lr=ALPHA, num_inner_steps=2,
+                has_aux=True)
+  step = mj.make_train_step(est, optax.sgd(0.01))
+  _, metrics = step(mj.init_train_state(jnp.asarray(w), optax.sgd(0.01)),
+                    tasks, KEY_)
+  assert set(metrics['aux_after']) == {'residual_norm', 'below_one'}
+  assert metrics['aux_before']['residual_norm'].shape == ()
+
+
+
+def test_query_loss_before_of_a_sampled_query_only_when_asked():
+  """l(w_0; T) of a Sampled query costs a sample: computed only on request."""
+  n = 2
+  w, supports, query, _ = _problem(42, n)
+  calls = []
+
+  def sampler(params, data, key):
+    jax.debug.callback(lambda: calls.append(1))  # counts samples at run time
+    return _sampler(params, data, key)
+
+  task = mj.Task(support=mj.Sampled(q.as_jax(supports[0])),
+                 query=mj.Sampled(q.as_jax(query)))
+  key = jax.random.PRNGKey(4)
+  default = mj.maml(q.loss, inner_lr=ALPHA, num_inner_steps=n, sampler=sampler,
+                    backprop='product')
+  g0, a0 = jax.jit(default)(jnp.asarray(w), task, key)
+  jax.effects_barrier()
+  assert len(calls) == n + 1  # S_0..S_{N-1} and T
+  assert a0.query_loss_before is None
+  calls.clear()
+  asked = mj.maml(q.loss, inner_lr=ALPHA, num_inner_steps=n, sampler=sampler,
+                  backprop='product', loss_before=True)
+  g1, a1 = jax.jit(asked)(jnp.asarray(w), task, key)
+  jax.effects_barrier()
+  assert len(calls) == n + 2  # one more sample, T at w_0
+  np.testing.assert_allclose(g1, g0, rtol=1e-12)
+  t_at_w0 = _sampler(0.0, q.as_jax(query), mj.task_keys(key, n).query)
+  np.testing.assert_allclose(a1.query_loss_before, q.loss(jnp.asarray(w),
+                                                          t_at_w0), rtol=1e-12)
+  tasks = jax.tree.map(lambda x: jnp.stack([x, x]), task)
+  _, meta_aux = mj.meta_gradient(default, jnp.asarray(w), tasks, key)
+  assert meta_aux.query_loss_before is None
+  with pytest.raises(ValueError, match='loss_before'):
+    mj.maml(q.loss, inner_lr=ALPHA, num_inner_steps=n, loss_before='yes')
+
+
+def test_registry_builds_every_estimator_and_names_bad_input():
+  assert mj.ESTIMATORS == ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
+  w, supports, query, _ = _problem(43, 2)
+  task = mj.Task(support=q.as_jax(supports[0]), query=q.as_jax(query))
+  for name in mj.ESTIMATORS:
+    assert {'inner_lr', 'num_inner_steps', 'remat', 'has_aux'} <= set(
+        mj.estimator_hyperparameters(name))
+    kwargs = {k: v for k, v in dict(num_directions=2, delta=0.3).items()
+              if k in mj.estimator_hyperparameters(name)}
+    by_name = mj.make_estimator(name, q.loss, inner_lr=ALPHA,
+                                num_inner_steps=2, **kwargs)
+    direct = getattr(mj, name)(q.loss, inner_lr=ALPHA, num_inner_steps=2,
+                               **kwargs)
+    np.testing.assert_array_equal(by_name(jnp.asarray(w), task, KEY_)[0],
+                                  direct(jnp.asarray(w), task, KEY_)[0])
+  assert 'num_directions' not in mj.estimator_hyperparameters('maml')
+  with pytest.raises(ValueError, match="unknown estimator 'reptile'"):
+    mj.make_estimator('reptile', q.loss, inner_lr=ALPHA, num_inner_steps=1)
+  with pytest.raises(ValueError, match="'maml' does not take delta"):
+    mj.make_estimator('maml', q.loss, inner_lr=ALPHA, num_inner_steps=1,
+                      delta=0.1)
+  with pytest.raises(ValueError, match='unknown estimator'):
+    mj.estimator_hyperparameters('maml2')

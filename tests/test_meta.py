@@ -92,3 +92,59 @@ def test_sharded_task_batch_matches_single_device():
     np.testing.assert_allclose(m4[name], m1[name], rtol=1e-5)
   with pytest.raises(ValueError, match='evenly'):
     mj.shard_tasks(jax.tree.map(lambda x: x[:6], tasks), mesh)
+
+
+def _tanh_loss(params, batch):
+  pred = jnp.tanh(batch['x'] @ params['w'] + params['b'])
+  return jnp.mean((pred - batch['y']) ** 2)
+
+
+def _tanh_tasks(num_tasks, seed=0):
+  rng = np.random.default_rng(seed)
+  params = {'w': jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+            'b': jnp.zeros((2,), jnp.float32)}
+  batch = lambda: {'x': jnp.asarray(rng.normal(size=(num_tasks, 5, 3)),
+                                    jnp.float32),
+                   'y': jnp.asarray(rng.normal(size=(num_tasks, 5, 2)),
+                                    jnp.float32)}
+  return params, mj.Task(support=batch(), query=batch())
+
+
+@pytest.mark.parametrize('name', ['maml', 'ggs_maml'])
+def test_shard_map_with_axis_name_equals_unsharded(name):
+  """Inside shard_map the mean, keys and non-finite count are global (SPEC 8)."""
+  from jax.sharding import PartitionSpec as P
+  params, tasks = _tanh_tasks(8)
+  # One task with a NaN target: left out on its device, counted globally.
+  tasks = tasks._replace(query={**tasks.query,
+                                'y': tasks.query['y'].at[5, 0, 0].set(np.nan)})
+  meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.1,
+                                                    'per_parameter'))
+  kwargs = dict(num_directions=3, delta=1e-2) if name == 'ggs_maml' else {}
+  est = mj.make_estimator(name, _tanh_loss, num_inner_steps=2, **kwargs)
+  reference, ref_aux = jax.jit(
+      lambda p, t, k: mj.meta_gradient(est, p, t, k))(meta, tasks, KEY)
+  assert int(ref_aux.num_nonfinite) == 1
+  mesh = mj.task_mesh(jax.devices()[:4])
+
+  def sharded(p, t, k):
+    grads, aux = mj.meta_gradient(est, p, t, k, axis_name='tasks')
+    return grads, aux.num_nonfinite, aux.query_loss_before
+
+  grads, nonfinite, before = jax.jit(jax.shard_map(
+      sharded, mesh=mesh, in_specs=(P(), P('tasks'), P()),
+      out_specs=(P(), P(), P())))(meta, mj.shard_tasks(tasks, mesh), KEY)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                       atol=1e-6),
+               grads, reference)
+  assert int(nonfinite) == 1
+  np.testing.assert_allclose(before, ref_aux.query_loss_before, rtol=1e-6)
+  # pmap over the same axis split gives the same result on every device.
+  split = jax.tree.map(lambda x: x.reshape((4, 2) + x.shape[1:]), tasks)
+  per_device, _ = jax.pmap(
+      lambda p, t, k: mj.meta_gradient(est, p, t, k, axis_name='i'),
+      axis_name='i', in_axes=(None, 0, None),
+      devices=jax.devices()[:4])(meta, split, KEY)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, np.broadcast_to(b, a.shape), rtol=2e-5, atol=1e-6),
+               per_device, reference)

@@ -105,3 +105,34 @@ def test_zo_error_has_a_floor_on_nonlinear_loss():
   zo = mean_err(mj.zo_hvp(_mf_loss, num_directions=200, delta=1e-2))
   ggs = mean_err(mj.ggs_hvp(_mf_loss, num_directions=200, delta=1e-2))
   assert zo > 0.3 and ggs < 0.05, (zo, ggs)
+
+
+@pytest.mark.parametrize('make', [
+    lambda d: mj.ggs_hvp(q.loss, num_directions=2, delta=d),
+    lambda d: mj.zo_hvp(q.loss, num_directions=2, delta=d),
+    lambda d: mj.fd_hvp(q.loss, delta=d),
+])
+def test_delta_too_small_for_the_dtype_is_refused_or_warned(make):
+  """delta = 1e-9 in float32 cannot move unit-scale weights: GGS would silently
+  return the FO-MAML gradient (zero gradient differences)."""
+  w, batch, v = _quadratic()
+  f32 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)
+  with pytest.raises(ValueError, match='cannot move float32 parameters'):
+    make(1e-9)(f32(w), f32(batch), f32(v), jax.random.PRNGKey(0))
+  with pytest.warns(UserWarning, match='below sqrt\\(eps\\)'):
+    make(1e-5)(f32(w), f32(batch), f32(v), jax.random.PRNGKey(0))
+  # float64 has the room: no error, no warning, and the product is accurate.
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    out = make(1e-5)(w, batch, v, jax.random.PRNGKey(0))
+  assert np.all(np.isfinite(out))
+
+
+def test_ggs_maml_refuses_a_delta_lost_to_rounding():
+  w, batch, _ = _quadratic(1)
+  f32 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)
+  est = mj.ggs_maml(q.loss, inner_lr=0.1, num_inner_steps=1, num_directions=2,
+                    delta=1e-9)
+  with pytest.raises(ValueError, match='delta=1e-09'):
+    jax.jit(est)(f32(w), mj.Task(f32(batch), f32(batch)), jax.random.PRNGKey(0))

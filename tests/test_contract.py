@@ -56,6 +56,38 @@ def test_contract(name):
   assert mean.shape == params.shape and int(meta_aux.num_nonfinite) == 0
 
 
+@pytest.mark.parametrize('name', mj.ESTIMATORS)
+def test_contract_with_learned_step_sizes(name):
+  """The same contract with (w_0, alpha) as meta-parameters: float32 kept,
+  finite, jit without retracing, vmapped over tasks."""
+  traces = []
+
+  def loss(w, batch):
+    traces.append(1)
+    return models.mf_loss(w, batch)
+
+  params = models.init_mf_params(KEY)
+  meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.01,
+                                                    'per_parameter',
+                                                    num_steps=2))
+  est = jax.jit(_make(name, loss, inner_lr=None))
+  grads, aux = est(meta, _task(), KEY)
+  assert isinstance(grads, mj.LearnedInnerLR) and bool(aux.finite)
+  assert grads.inner_lr.shape == (2,) + params.shape
+  assert grads.inner_lr.dtype == jnp.float32
+  assert np.all(np.isfinite(grads.inner_lr))
+  assert np.any(grads.inner_lr[0] != 0) and np.any(grads.inner_lr[1] != 0)
+  n = len(traces)
+  for i in range(2):
+    est(meta, _task(jax.random.PRNGKey(i + 1)), jax.random.PRNGKey(i))
+  assert len(traces) == n
+  tasks = task_lib.matrix_factorization_tasks(KEY, 3)
+  mean, meta_aux = jax.jit(lambda p, t, k: mj.meta_gradient(
+      _make(name, inner_lr=None), p, t, k))(meta, tasks, KEY)
+  assert mean.inner_lr.shape == (2,) + params.shape
+  assert int(meta_aux.num_nonfinite) == 0
+
+
 @pytest.mark.parametrize('name', ['maml', 'ggs_maml'])
 def test_float64_stays_float64(name):
   with jax.enable_x64(True):

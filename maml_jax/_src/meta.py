@@ -70,9 +70,11 @@ def _make_varying(tree, axis_name):
   devices. Outside shard_map (pmap, or shard_map without varying-axis types)
   there is nothing to mark.
   """
+  if not (hasattr(jax, 'typeof') and hasattr(jax.lax, 'pcast')):
+    return tree  # a JAX without varying-axis types: nothing to mark
+
   def cast(x):
-    vma = getattr(jax.typeof(x), 'vma', frozenset())
-    if axis_name in vma:
+    if axis_name in getattr(jax.typeof(x), 'vma', frozenset()):
       return x
     try:
       return jax.lax.pcast(x, axis_name, to='varying')

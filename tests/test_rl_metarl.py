@@ -55,10 +55,18 @@ def test_the_estimators_kept_episodes_are_what_trpo_needs():
   jax.tree.map(close, w, w_n)
   jax.tree.map(close_ep, meta.sampler(w_n, goal, keys.query), query)
   np.testing.assert_allclose(loss(w_n, query), aux.query_loss_after, rtol=1e-3, atol=1e-5)
-  # maml_jax reports l(w_0; T) on a query batch sampled at w_0 (same key).
+  # Meta-RL pays no rollout for l(w_0; T): returns[0] measures w_0 instead.
+  assert aux.query_loss_before is None
+  # Asked for it, maml_jax reports l(w_0; T) on a query batch sampled at w_0
+  # (same key), and nothing else changes.
+  est_before = metarl.make_estimator(loss, meta.sampler, meta.cfg,
+                                     loss_before=True)
+  grads_b, aux_b = jax.jit(est_before)(params, task, key)
   query_0 = meta.sampler(params, goal, keys.query)
-  np.testing.assert_allclose(loss(params, query_0), aux.query_loss_before,
+  np.testing.assert_allclose(loss(params, query_0), aux_b.query_loss_before,
                              rtol=1e-3, atol=1e-5)
+  jax.tree.map(close, grads_b, grads)
+  jax.tree.map(close_ep, aux_b.query_batch, query)
   s0 = jax.tree.map(lambda x: x[0], support)
   np.testing.assert_allclose(loss(params, s0), aux.inner_losses[0], rtol=1e-3, atol=1e-5)
   # Re-running the adaptation on the kept episodes gives w_N again, so the TRPO
@@ -70,6 +78,29 @@ def test_the_estimators_kept_episodes_are_what_trpo_needs():
   # kept episodes, which is the gradient of the TRPO surrogate at w_old.
   ref = jax.grad(lambda w: loss(adapt(w), query))(params)
   jax.tree.map(close, grads, ref)
+
+
+def test_env_steps_per_iteration_counts_only_what_the_algorithm_samples():
+  env = envs.navigation2d()
+  batch = 2 * 3 * env.horizon  # tasks x episodes x horizon
+  # S_0, S_1, D_0, D_1, T; FO-MAML needs no D_j; no query batch at w_0.
+  assert train.env_steps_per_iteration(env, tiny(num_inner_steps=2)) == 5 * batch
+  assert train.env_steps_per_iteration(
+      env, tiny('fo_maml', num_inner_steps=2)) == 3 * batch
+  assert train.env_steps_per_iteration(
+      env, tiny(separate_hessian_batch=False)) == 2 * batch
+
+
+def test_estimators_come_from_the_library_registry():
+  env = envs.navigation2d()
+  for algorithm in mj.ESTIMATORS:
+    metarl.validate_config(tiny(algorithm))
+  meta = metarl.build(env, tiny('hf_maml'))
+  params = meta.init(jax.random.PRNGKey(0)).params
+  task = metarl.make_tasks(jnp.array([0.1, 0.2]), meta.cfg)
+  shapes = jax.eval_shape(meta.estimator, params, task, jax.random.PRNGKey(1))
+  assert shapes[1].query_loss_before is None
+  assert shapes[1].support_batches['obs'].shape[:2] == (1, 3)
 
 
 def test_fisher_vector_product_is_the_kl_hessian():
@@ -191,6 +222,9 @@ def test_launcher_runs_every_algorithm(tmp_path):
     train_rows = [r for r in rows if r['algorithm'] == algorithm and r['kind'] == 'train']
     assert [r['iteration'] for r in train_rows] == [1, 2]
     assert all(np.isfinite(r['return_after']) for r in train_rows)
+    # The pre-update measure is the return at w_0; no query loss at w_0.
+    assert all(np.isfinite(r['return_before']) and 'loss_before' not in r
+               and np.isfinite(r['loss_after']) for r in train_rows)
   for name in ('config.json', 'summary.md', 'metrics.csv', 'figures/returns.png',
                'figures/eval_steps.png', 'figures/trajectories.png'):
     assert (run / name).exists(), name

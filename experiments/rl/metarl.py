@@ -47,6 +47,13 @@ The estimators are built with ``keep_batches=True``, so they hand back the
 episodes S_j and T they sampled and the adapted parameters w_N
 (``aux.per_task``); the TRPO step uses those very episodes and samples
 nothing itself (checked in tests/test_rl_metarl.py).
+
+Every episode simulated in a meta-iteration is one the algorithm needs
+(S_j, D_j, T): the surrogate loss at w_0 on a query batch sampled at w_0
+(``aux.query_loss_before``) would cost one more rollout per task, so the
+estimators are built with ``loss_before=False``. The pre-update performance
+is reported instead as ``returns[0]``, the mean return of the support
+episodes S_0, which are sampled at w_0 anyway.
 """
 
 from typing import Any, NamedTuple
@@ -61,7 +68,6 @@ from experiments.rl import gae as gae_lib
 from experiments.rl import policy as policy_lib
 from experiments.rl import trpo as trpo_lib
 
-ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
 OUTER_OPTIMIZERS = ('trpo', 'adam')
 KL_HVPS = ('adapted', 'through_adaptation')
 
@@ -101,8 +107,9 @@ class RLConfig(NamedTuple):
 
 def validate_config(cfg: RLConfig):
   """Raises ``ValueError`` on any invalid setting (fail fast, before compiling)."""
-  if cfg.algorithm not in ALGORITHMS:
-    raise ValueError(f'unknown algorithm {cfg.algorithm!r}; one of {ALGORITHMS}')
+  if cfg.algorithm not in mj.ESTIMATORS:
+    raise ValueError(f'unknown algorithm {cfg.algorithm!r}; one of '
+                     f'{mj.ESTIMATORS}')
   if cfg.outer_optimizer not in OUTER_OPTIMIZERS:
     raise ValueError(f'outer_optimizer must be one of {OUTER_OPTIMIZERS}')
   if cfg.kl_hvp not in KL_HVPS:
@@ -185,23 +192,25 @@ def make_loss(policy):
   return loss_fn
 
 
-def make_estimator(loss_fn, sampler, cfg: RLConfig):
-  """The maml_jax estimator of ``cfg.algorithm`` with the RL sampler."""
-  common = dict(inner_lr=cfg.inner_lr, num_inner_steps=cfg.num_inner_steps,
-                sampler=sampler, remat=cfg.remat, keep_batches=True)
-  if cfg.algorithm == 'maml':
-    return mj.maml(loss_fn, **common)
-  if cfg.algorithm == 'fo_maml':
-    return mj.fo_maml(loss_fn, **common)
-  if cfg.algorithm == 'zo_maml':
-    return mj.zo_maml(loss_fn, num_directions=cfg.num_directions,
-                      delta=cfg.delta, **common)
-  if cfg.algorithm == 'ggs_maml':
-    return mj.ggs_maml(loss_fn, num_directions=cfg.num_directions,
-                       delta=cfg.delta, **common)
-  if cfg.algorithm == 'hf_maml':
-    return mj.hf_maml(loss_fn, delta=cfg.delta, **common)
-  raise ValueError(f'unknown algorithm {cfg.algorithm!r}')
+# The RL config's fields that are estimator hyperparameters; each estimator
+# gets those it takes (``mj.estimator_hyperparameters``).
+_ESTIMATOR_FIELDS = ('inner_lr', 'num_inner_steps', 'num_directions', 'delta',
+                     'remat')
+
+
+def make_estimator(loss_fn, sampler, cfg: RLConfig, *, loss_before=False):
+  """The maml_jax estimator ``cfg.algorithm`` (``mj.make_estimator``).
+
+  Built with the RL sampler and ``keep_batches=True`` (the TRPO step reuses
+  the episodes). ``loss_before=False``: no query rollout at w_0 (see the
+  module docstring); True only where l(w_0; T) itself is wanted (a test).
+  """
+  accepted = mj.estimator_hyperparameters(cfg.algorithm)
+  hyperparams = {name: getattr(cfg, name) for name in _ESTIMATOR_FIELDS
+                 if name in accepted}
+  return mj.make_estimator(cfg.algorithm, loss_fn, sampler=sampler,
+                           keep_batches=True, loss_before=loss_before,
+                           **hyperparams)
 
 
 def uses_hessian_batch(cfg: RLConfig):
@@ -306,8 +315,8 @@ def build(env, cfg: RLConfig) -> MetaRL:
     returns = jnp.concatenate([
         jnp.mean(jnp.sum(support['rewards'], -1), axis=(0, 2, )),
         jnp.mean(jnp.sum(query['rewards'], -1))[None]])
-    metrics = {'returns': returns, 'loss_before': aux.query_loss_before,
-               'loss_after': aux.query_loss_after,
+    # No 'loss_before': returns[0] is the pre-update measure (module docstring).
+    metrics = {'returns': returns, 'loss_after': aux.query_loss_after,
                'grad_norm': optax.tree.norm(grads),
                'num_nonfinite': aux.num_nonfinite}
 

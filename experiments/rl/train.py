@@ -117,10 +117,10 @@ def make_configs():
   if FLAGS.sweep:
     raise app.UsageError('--sweep is not supported by the RL launcher')
   algorithms = tuple(a.strip() for a in (resolve('algorithms') or ()) if a.strip())
-  unknown = [a for a in algorithms if a not in metarl.ALGORITHMS]
+  unknown = [a for a in algorithms if a not in mj.ESTIMATORS]
   if unknown or not algorithms:
     raise app.UsageError(f'--algorithms: unknown algorithm(s) {unknown} '
-                         f'(choose from {",".join(metarl.ALGORITHMS)})')
+                         f'(choose from {",".join(mj.ESTIMATORS)})')
   if len(set(algorithms)) != len(algorithms):
     raise app.UsageError('--algorithms lists an algorithm twice')
   try:
@@ -181,17 +181,17 @@ def make_configs():
 
 
 def env_steps_per_iteration(env, cfg):
-  """(env steps the algorithm needs, env steps simulated per meta-iteration).
+  """Env steps simulated per meta-iteration (evaluation aside).
 
-  The algorithm needs S_0..S_{N-1}, D_0..D_{N-1} (if separate and used) and
-  T. Simulated on top: maml_jax's query batch at w_0 (for the reported
-  loss_before). The TRPO step reuses the estimator's episodes.
+  Exactly what the algorithm needs: S_0..S_{N-1}, D_0..D_{N-1} (if separate
+  and used) and T. The TRPO step reuses the estimator's episodes, and no
+  query batch is sampled at w_0 (the estimators are built with
+  ``loss_before=False``).
   """
   batch = cfg.num_tasks * cfg.num_episodes * env.horizon
   n = cfg.num_inner_steps
   hessian = n if (cfg.separate_hessian_batch and metarl.uses_hessian_batch(cfg)) else 0
-  sampled = batch * (n + hessian + 1)
-  return sampled, sampled + batch
+  return batch * (n + hessian + 1)
 
 
 def _state_tree(state):
@@ -387,7 +387,7 @@ def summarize(env, configs, settings, run_dir, metas, states, wall):
   last = settings['num_iterations']
   lines = ['| algorithm | return before (train, last 10 its) | after | '
            + ' | '.join(f'eval after {k}' for k in range(settings['eval_steps'] + 1))
-           + ' | env steps / it (sampled, simulated) | s / it (all seeds) |',
+           + ' | env steps / it | s / it (all seeds) |',
            '|---' * (settings['eval_steps'] + 6) + '|']
   for algorithm, cfg in configs.items():
     train = [r for r in rows if r['algorithm'] == algorithm and r['kind'] == 'train'
@@ -398,13 +398,13 @@ def summarize(env, configs, settings, run_dir, metas, states, wall):
     per_seed = lambda key: [np.mean(plots.finite_values([r[key] for r in train
                                                          if r['seed'] == s]))
                             for s in settings['seeds']]
-    sampled, simulated = env_steps_per_iteration(env, cfg)
+    env_steps = env_steps_per_iteration(env, cfg)
     lines.append(
         f'| {plots.LABELS.get(algorithm, algorithm)} | {fmt(per_seed("return_before"))}'
         f' | {fmt(per_seed("return_after"))} | '
         + ' | '.join(fmt([r[f'eval_return_{k}'] for r in ev])
                      for k in range(settings['eval_steps'] + 1))
-        + f' | {sampled}, {simulated} | {wall[algorithm] / last:.3g} |')
+        + f' | {env_steps} | {wall[algorithm] / last:.3g} |')
   text = '\n'.join(lines) + '\n'
   common.write_summary(run_dir, f"Meta-RL {settings['env']}", [
       f"{len(settings['seeds'])} seeds (mean +- std over seeds), "

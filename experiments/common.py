@@ -45,12 +45,19 @@ import optax
 
 import maml_jax as mj
 
-ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
+# The estimator names come from the library's registry; ``ALGORITHMS`` stays
+# as an alias for code that imported it from here.
+ALGORITHMS = mj.ESTIMATORS
 PAPER_ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml')
 # Algorithms with a smoothing / finite-difference radius delta.
-DELTA_ALGORITHMS = ('zo_maml', 'ggs_maml', 'hf_maml')
+DELTA_ALGORITHMS = tuple(a for a in mj.ESTIMATORS
+                         if 'delta' in mj.estimator_hyperparameters(a))
 # Algorithms with Gaussian directions (num_directions = b).
-DIRECTION_ALGORITHMS = ('zo_maml', 'ggs_maml')
+DIRECTION_ALGORITHMS = tuple(
+    a for a in mj.ESTIMATORS
+    if 'num_directions' in mj.estimator_hyperparameters(a))
+# --learn_inner_lr values: 'none' or a kind of mj.init_inner_lr.
+LEARN_INNER_LR = ('none', 'scalar', 'per_layer', 'per_parameter')
 
 LABELS = {
     'maml': 'MAML',
@@ -143,6 +150,30 @@ def define_training_flags():
     'Meta-iterations per --sweep candidate. Default: --num_iterations // 4.')
 
 
+def define_inner_lr_flags():
+  """Flags of learned or several fixed inner step sizes (idempotent).
+
+  Defined by the launchers whose training loop is ``train`` (sine, matrix
+  factorization); the RL launcher has its own loop and does not take them.
+  """
+  d = _define_once
+  d(flags.DEFINE_enum, 'learn_inner_lr', 'none', list(LEARN_INNER_LR),
+    'Meta-learn the inner step sizes alpha together with w_0 (SPEC section '
+    '6), with the same meta optimizer: none (fixed --inner_lr), scalar (one '
+    'alpha), per_layer (one per parameter array) or per_parameter '
+    '(Meta-SGD). They start at --inner_lr (--zo_inner_lr for zo_maml), are '
+    'checkpointed, and the held-out evaluation adapts with them.')
+  d(flags.DEFINE_boolean, 'per_step_inner_lr', False,
+    'With --learn_inner_lr: one step size per inner step (MAML++), N of '
+    'them. An evaluation with more than N steps (the sine k-step curve) uses '
+    "the last step's value for the steps after N.")
+  d(flags.DEFINE_list, 'inner_lrs', None,
+    'Comma-separated fixed inner step sizes trained and evaluated as ONE '
+    'vmapped program per algorithm (a grid of inner_lr x seed); metrics rows '
+    'carry inner_lr and the summary has one line per value. Replaces '
+    '--inner_lr; not with --learn_inner_lr, --zo_inner_lr or --sweep.')
+
+
 def cli_main(run):
   """``main(argv)`` for ``app.run``: a usage error is one line and exit code 2.
 
@@ -176,7 +207,10 @@ _value = flag_or_default
 
 @dataclasses.dataclass(frozen=True)
 class HParams:
-  """Per-algorithm hyperparameters that ``--sweep`` may change."""
+  """Per-algorithm hyperparameters that ``--sweep`` may change.
+
+  ``inner_lr`` is alpha, or the initial alpha with ``--learn_inner_lr``.
+  """
   meta_lr: float
   delta: float
   inner_lr: float
@@ -206,6 +240,16 @@ class TrainConfig:
   sweep_meta_lrs: tuple
   sweep_deltas: tuple
   sweep_iterations: int
+  # 'none', or the kind of learned inner step sizes (--learn_inner_lr).
+  learn_inner_lr: str = 'none'
+  per_step_inner_lr: bool = False
+  # --inner_lrs: fixed inner step sizes trained as one vmapped grid; () = off.
+  inner_lrs: tuple = ()
+
+  @property
+  def learned(self):
+    """Whether the inner step sizes are meta-parameters."""
+    return self.learn_inner_lr != 'none'
 
   def hparams(self, algorithm):
     inner_lr = self.zo_inner_lr if algorithm == 'zo_maml' else self.inner_lr
@@ -251,6 +295,41 @@ def check_workdir(workdir):
   except OSError as e:
     raise app.UsageError(f'--workdir={workdir!r} is not writable: '
                          f'{e.strerror or e}') from None
+
+
+def _inner_lr_config():
+  """The TrainConfig fields of ``define_inner_lr_flags``; checks them.
+
+  Launchers that do not define those flags (RL) get the defaults.
+  """
+  if 'learn_inner_lr' not in FLAGS:
+    return {}
+  learn = FLAGS.learn_inner_lr
+  per_step = FLAGS.per_step_inner_lr
+  lrs = _floats('inner_lrs', FLAGS.inner_lrs or ())
+  if per_step and learn == 'none':
+    raise app.UsageError('--per_step_inner_lr needs --learn_inner_lr '
+                         '(scalar, per_layer or per_parameter)')
+  if FLAGS.inner_lrs is not None:
+    if not lrs:
+      raise app.UsageError('--inner_lrs must list at least one step size')
+    if min(lrs) <= 0 or not all(math.isfinite(v) for v in lrs):
+      raise app.UsageError(f'--inner_lrs must be positive numbers, got '
+                           f'{",".join(FLAGS.inner_lrs)}')
+    if len(set(lrs)) != len(lrs):
+      raise app.UsageError('--inner_lrs lists a step size twice')
+    conflicts = [name for name, given in (
+        ('--learn_inner_lr', learn != 'none'),
+        ('--inner_lr', FLAGS['inner_lr'].present),
+        ('--zo_inner_lr', FLAGS['zo_inner_lr'].present),
+        ('--sweep', FLAGS.sweep)) if given]
+    if conflicts:
+      raise app.UsageError(
+          f'--inner_lrs cannot be combined with {", ".join(conflicts)}: it '
+          'trains each listed fixed step size (in place of --inner_lr) for '
+          'every algorithm with the given meta lr and delta')
+  return dict(learn_inner_lr=learn, per_step_inner_lr=per_step,
+              inner_lrs=lrs)
 
 
 def training_config(experiment, defaults):
@@ -302,6 +381,7 @@ def training_config(experiment, defaults):
       sweep_meta_lrs=_floats('sweep_meta_lrs', get('sweep_meta_lrs') or ()),
       sweep_deltas=_floats('sweep_deltas', FLAGS.sweep_deltas),
       sweep_iterations=sweep_iterations,
+      **_inner_lr_config(),
   )
   positive = {'inner_lr': cfg.inner_lr, 'zo_inner_lr': cfg.zo_inner_lr,
               'meta_lr': cfg.meta_lr, 'delta': cfg.delta}
@@ -337,22 +417,20 @@ def training_config(experiment, defaults):
 
 def make_estimator(algorithm, loss_fn, *, inner_lr, num_inner_steps,
                    num_directions, delta, sampler=None, remat=False):
-  """The ``maml_jax`` estimator named ``algorithm`` (one of ``ALGORITHMS``)."""
-  common = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-                sampler=sampler, remat=remat)
-  if algorithm == 'maml':
-    return mj.maml(loss_fn, **common)
-  if algorithm == 'fo_maml':
-    return mj.fo_maml(loss_fn, **common)
-  if algorithm == 'zo_maml':
-    return mj.zo_maml(loss_fn, num_directions=num_directions, delta=delta,
-                      **common)
-  if algorithm == 'ggs_maml':
-    return mj.ggs_maml(loss_fn, num_directions=num_directions, delta=delta,
-                       **common)
-  if algorithm == 'hf_maml':
-    return mj.hf_maml(loss_fn, delta=delta, **common)
-  raise ValueError(f'unknown algorithm {algorithm!r}')
+  """The ``maml_jax`` estimator named ``algorithm`` (one of ``mj.ESTIMATORS``).
+
+  Built by the library's registry (``mj.make_estimator``) from the launcher's
+  hyperparameters, passing only those the estimator takes
+  (``mj.estimator_hyperparameters``): no delta to MAML, no b to HF-MAML.
+  ``inner_lr`` may be a float, an array or tracer (``--inner_lrs``), or None
+  (the step sizes come with ``mj.LearnedInnerLR`` params).
+  """
+  offered = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
+                 num_directions=num_directions, delta=delta, sampler=sampler,
+                 remat=remat)
+  takes = mj.estimator_hyperparameters(algorithm)
+  return mj.make_estimator(
+      algorithm, loss_fn, **{k: v for k, v in offered.items() if k in takes})
 
 
 def make_optimizer(name, learning_rate):
@@ -632,7 +710,9 @@ class Problem(NamedTuple):
     evaluate: ``evaluate(params, inner_lr) -> {name: scalar}`` on fixed
       held-out tasks, pure JAX; must contain ``'test_loss'`` (the meta-test
       loss after adaptation with stepsize ``inner_lr``, the algorithm's alpha,
-      passed as a keyword Python float).
+      passed as a keyword Python float, or a traced scalar with
+      ``--inner_lrs``). ``params`` may be ``mj.LearnedInnerLR``: then its
+      step sizes are the ones to adapt with.
     validate: ``validate(params, inner_lr) -> scalar`` on fixed validation
       tasks (other tasks than ``evaluate``'s), used by ``--sweep``.
     sampler: the estimators' sampler for ``mj.Sampled`` batches, or None.
@@ -645,13 +725,72 @@ class Problem(NamedTuple):
   sampler: Optional[Callable] = None
 
 
+def split_meta_params(params, inner_lr=None):
+  """(w_0, alpha): of ``mj.LearnedInnerLR`` params, else (params, inner_lr)."""
+  if isinstance(params, mj.LearnedInnerLR):
+    return params.params, params.inner_lr
+  return params, inner_lr
+
+
+def step_size_at(inner_lr, j, *, per_step, num_inner_steps):
+  """alpha_j of step ``j`` (may be traced) of a fixed or learned step size.
+
+  A per-step ``inner_lr`` (leading axis N = ``num_inner_steps``) has no value
+  for j >= N: those steps use the last one, alpha_{N-1}.
+  """
+  if not per_step:
+    return inner_lr
+  return jax.tree.map(lambda a: a[jnp.minimum(j, num_inner_steps - 1)],
+                      inner_lr)
+
+
+def inner_step(loss_fn, params, batch, alpha):
+  """One inner step w - alpha ⊙ grad l(w; batch); alpha a scalar or a pytree."""
+  grads = jax.grad(loss_fn)(params, batch)
+  if jax.tree.structure(alpha) == jax.tree.structure(grads):
+    return jax.tree.map(lambda w, a, g: w - (a * g).astype(w.dtype), params,
+                        alpha, grads)
+  return jax.tree.map(lambda w, g: w - (alpha * g).astype(w.dtype), params,
+                      grads)
+
+
+def inner_lr_stats(inner_lr, *, per_step):
+  """Summary of learned step sizes for metric rows (host numpy).
+
+  Args:
+    inner_lr: the step sizes with a leading member (seed) axis.
+    per_step: whether they have a per-step axis after the member axis.
+
+  Returns:
+    ``{name: [num_members] array}``: 'inner_lr_mean', '_min', '_max' over all
+    step sizes, and with ``per_step`` 'inner_lr_step<j>_mean' per step j.
+  """
+  leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(inner_lr)]
+  members = leaves[0].shape[0]
+  flat = np.concatenate([x.reshape(members, -1) for x in leaves], axis=1)
+  out = {'inner_lr_mean': flat.mean(1), 'inner_lr_min': flat.min(1),
+         'inner_lr_max': flat.max(1)}
+  if per_step:
+    steps = leaves[0].shape[1]
+    by_step = np.concatenate([x.reshape(members, steps, -1) for x in leaves],
+                             axis=2)
+    for j in range(steps):
+      out[f'inner_lr_step{j}_mean'] = by_step[:, j].mean(1)
+  return out
+
+
 def held_out_loss(loss_fn, params, tasks, *, inner_lr, num_inner_steps):
-  """Mean query loss over ``tasks`` before and after ``num_inner_steps`` (mj.adapt)."""
+  """Mean query loss over ``tasks`` before and after ``num_inner_steps`` (mj.adapt).
+
+  ``params`` may be ``mj.LearnedInnerLR`` (then its step sizes are used);
+  ``inner_lr`` may be a float or a traced scalar (``--inner_lrs``).
+  """
+  w0, _ = split_meta_params(params)
 
   def one(support, query):
     adapted, _ = mj.adapt(loss_fn, params, support, inner_lr=inner_lr,
                           num_steps=num_inner_steps)
-    return loss_fn(params, query), loss_fn(adapted, query)
+    return loss_fn(w0, query), loss_fn(adapted, query)
 
   before, after = jax.vmap(one)(tasks.support, tasks.query)
   return jnp.mean(before), jnp.mean(after)
@@ -693,21 +832,74 @@ def supervised_problem(cfg, *, loss_fn, init_params, sample, num_test_tasks,
   return problem, test_tasks, k_test
 
 
+def arm_name(algorithm, inner_lr=None):
+  """Name of one trained arm: the algorithm, with ``@alpha=`` for ``--inner_lrs``."""
+  return algorithm if inner_lr is None else f'{algorithm}@alpha={inner_lr:g}'
+
+
+def row_arm(row):
+  """The arm of a metric row (rows of an ``--inner_lrs`` grid carry inner_lr)."""
+  return arm_name(row['algorithm'], row.get('inner_lr'))
+
+
+def arm_label(arm):
+  """Display name of an arm: 'MAML', or 'MAML alpha=0.01' in a grid."""
+  algorithm, _, rest = arm.partition('@')
+  label = LABELS.get(algorithm, algorithm)
+  return f'{label} {rest}' if rest else label
+
+
+class Arm(NamedTuple):
+  """One trained arm of a ``TrainResult``: an algorithm (and grid step size).
+
+  Attributes:
+    name: ``arm_name``: the algorithm, or 'algorithm@alpha=<value>'.
+    algorithm: the estimator name.
+    inner_lr: the fixed alpha of this arm (the initial one if learned).
+    params: its meta parameters with a leading seed axis (``mj.LearnedInnerLR``
+      with ``--learn_inner_lr``).
+  """
+  name: str
+  algorithm: str
+  inner_lr: float
+  params: object
+
+
 class TrainResult(NamedTuple):
   """Output of ``train``.
 
   Attributes:
-    states: ``{algorithm: mj.TrainState}`` with a leading seed axis.
+    states: ``{algorithm: mj.TrainState}`` with a leading member axis: the
+      seeds, or with ``--inner_lrs`` the grid (inner_lr, seed), inner_lr
+      major (``len(inner_lrs) * len(seeds)`` members).
     hparams: ``{algorithm: HParams}`` actually used (after ``--sweep``).
     rows: all metric rows (also in metrics.jsonl).
     seconds_per_iteration: ``{algorithm: float}``, wall seconds per
       meta-iteration for all seeds together (compilation excluded when there
       was more than one chunk).
+    inner_lrs: the ``--inner_lrs`` grid, () if off.
   """
   states: dict
   hparams: dict
   rows: list
   seconds_per_iteration: dict
+  inner_lrs: tuple = ()
+
+  def arms(self):
+    """Every trained arm (``Arm``), params with a leading seed axis."""
+    out = []
+    for algorithm, state in self.states.items():
+      if not self.inner_lrs:
+        out.append(Arm(algorithm, algorithm, self.hparams[algorithm].inner_lr,
+                       state.params))
+        continue
+      num_seeds = jax.tree.leaves(state.params)[0].shape[0] // len(
+          self.inner_lrs)
+      for i, lr in enumerate(self.inner_lrs):
+        params = jax.tree.map(
+            lambda x, i=i: x[i * num_seeds:(i + 1) * num_seeds], state.params)
+        out.append(Arm(arm_name(algorithm, lr), algorithm, lr, params))
+    return out
 
 
 def seed_keys(seeds):
@@ -730,6 +922,24 @@ def _format(x):
   return 'nan' if x is None or not math.isfinite(x) else f'{x:.4g}'
 
 
+def meta_params(params, cfg, inner_lr):
+  """The meta parameters of one member: w_0, or with ``--learn_inner_lr``
+  ``mj.LearnedInnerLR(w_0, step sizes of that kind, all = inner_lr)``."""
+  if not cfg.learned:
+    return params
+  return mj.LearnedInnerLR(params, mj.init_inner_lr(
+      params, inner_lr, cfg.learn_inner_lr,
+      num_steps=cfg.num_inner_steps if cfg.per_step_inner_lr else None))
+
+
+def _estimator(problem, cfg, algorithm, inner_lr, delta):
+  """The estimator of ``algorithm``; learned step sizes come with the params."""
+  return make_estimator(
+      algorithm, problem.loss_fn, inner_lr=None if cfg.learned else inner_lr,
+      num_inner_steps=cfg.num_inner_steps, num_directions=cfg.num_directions,
+      delta=delta, sampler=problem.sampler, remat=cfg.remat)
+
+
 def sweep(problem, cfg, run_dir):
   """``--sweep``: each algorithm's best meta lr (and delta) on validation tasks.
 
@@ -743,7 +953,7 @@ def sweep(problem, cfg, run_dir):
   if problem.validate is None:
     raise ValueError('--sweep needs Problem.validate')
   init_keys, train_keys = seed_keys(cfg.seeds[:1])
-  params = problem.init_params(init_keys[0])
+  w0 = problem.init_params(init_keys[0])
   lrs = jnp.asarray(cfg.sweep_meta_lrs, jnp.float32)
   chosen, grid = {}, []
   for algorithm in cfg.algorithms:
@@ -752,11 +962,8 @@ def sweep(problem, cfg, run_dir):
     best = None
     for delta in deltas:
       base = cfg.hparams(algorithm)
-      est = make_estimator(
-          algorithm, problem.loss_fn, inner_lr=base.inner_lr,
-          num_inner_steps=cfg.num_inner_steps,
-          num_directions=cfg.num_directions, delta=delta,
-          sampler=problem.sampler, remat=cfg.remat)
+      params = meta_params(w0, cfg, base.inner_lr)
+      est = _estimator(problem, cfg, algorithm, base.inner_lr, delta)
       optimizer = make_optimizer(cfg.meta_optimizer, cfg.meta_lr)
       run = mj.make_fused_train(est, optimizer, problem.sample_tasks,
                                 cfg.sweep_iterations)
@@ -794,7 +1001,11 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
 
   Every algorithm starts from the same w_0 per seed and sees the same task
   sequence (same train key). Iterations run in chunks of ``cfg.eval_every``
-  with ``mj.make_fused_train``, vmapped over seeds.
+  with ``mj.make_fused_train``, vmapped over the members: the seeds, or with
+  ``--inner_lrs`` the grid (inner_lr, seed), whose step size is data of the
+  one compiled program (member i of step size a equals a separate run with
+  ``--inner_lr=a`` and that seed). With ``--learn_inner_lr`` the meta
+  parameters are ``mj.LearnedInnerLR`` and the rows record their summary.
 
   Args:
     problem: the experiment's ``Problem``.
@@ -811,30 +1022,47 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
   hparams = dict(hparams or {})
   for algorithm in cfg.algorithms:
     hparams.setdefault(algorithm, cfg.hparams(algorithm))
-  init_keys, train_keys = seed_keys(cfg.seeds)
-  params = jax.vmap(problem.init_params)(init_keys)
-  runs, states = {}, {}
+  grid = tuple(cfg.inner_lrs)
+  # Members of the vmapped axis: (inner_lr or None, seed), inner_lr major.
+  members = ([(lr, seed) for lr in grid for seed in cfg.seeds] if grid
+             else [(None, seed) for seed in cfg.seeds])
+  init_keys, train_keys = seed_keys([seed for _, seed in members])
+  w0 = jax.vmap(problem.init_params)(init_keys)
+  member_lrs = jnp.asarray([lr for lr, _ in members], jnp.float32) if grid else None
+  lengths = {cfg.eval_every, cfg.num_iterations % cfg.eval_every} - {0}
+  runs, states, evaluate = {}, {}, {}
+  by_lr = {}  # one compiled evaluation per distinct fixed inner lr
   for algorithm in cfg.algorithms:
     hp = hparams[algorithm]
-    est = make_estimator(
-        algorithm, problem.loss_fn, inner_lr=hp.inner_lr,
-        num_inner_steps=cfg.num_inner_steps,
-        num_directions=cfg.num_directions, delta=hp.delta,
-        sampler=problem.sampler, remat=cfg.remat)
     optimizer = make_optimizer(cfg.meta_optimizer, hp.meta_lr)
     runs[algorithm] = {}
-    for length in {cfg.eval_every, cfg.num_iterations % cfg.eval_every} - {0}:
-      runs[algorithm][length] = jax.jit(jax.vmap(mj.make_fused_train(
-          est, optimizer, problem.sample_tasks, length)))
+    for length in lengths:
+      if grid:
+        def member_run(lr, state, key, algorithm=algorithm, length=length,
+                       optimizer=optimizer, delta=hp.delta):
+          est = _estimator(problem, cfg, algorithm, lr, delta)
+          return mj.make_fused_train(est, optimizer, problem.sample_tasks,
+                                     length, jit=False)(state, key)
+        runs[algorithm][length] = functools.partial(
+            jax.jit(jax.vmap(member_run)), member_lrs)
+      else:
+        est = _estimator(problem, cfg, algorithm, hp.inner_lr, hp.delta)
+        runs[algorithm][length] = jax.jit(jax.vmap(mj.make_fused_train(
+            est, optimizer, problem.sample_tasks, length)))
+    params = jax.vmap(lambda p, lr=hp.inner_lr: meta_params(p, cfg, lr))(w0)
     states[algorithm] = jax.vmap(
         lambda p, opt=optimizer: mj.init_train_state(p, opt))(params)
-  by_lr = {}  # one compiled evaluation per distinct inner lr
-  for a in cfg.algorithms:
-    lr = hparams[a].inner_lr
-    if lr not in by_lr:
-      by_lr[lr] = jax.jit(jax.vmap(functools.partial(problem.evaluate,
-                                                     inner_lr=lr)))
-  evaluate = {a: by_lr[hparams[a].inner_lr] for a in cfg.algorithms}
+    if grid:
+      if 'grid' not in by_lr:
+        grid_eval = jax.jit(jax.vmap(
+            lambda p, lr: problem.evaluate(p, inner_lr=lr)))
+        by_lr['grid'] = lambda p, f=grid_eval: f(p, member_lrs)
+      evaluate[algorithm] = by_lr['grid']
+    else:
+      if hp.inner_lr not in by_lr:
+        by_lr[hp.inner_lr] = jax.jit(jax.vmap(functools.partial(
+            problem.evaluate, inner_lr=hp.inner_lr)))
+      evaluate[algorithm] = by_lr[hp.inner_lr]
 
   checkpointer = Checkpointer(run_dir.file('checkpoints'))
   ckpt = {'states': states, 'train_keys': train_keys,
@@ -856,17 +1084,23 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
 
   def log_rows(algorithm, it, state, metrics, seconds):
     values = _to_host(evaluate[algorithm](state.params))
+    if cfg.learned:
+      values.update(inner_lr_stats(state.params.inner_lr,
+                                   per_step=cfg.per_step_inner_lr))
     rows = []
-    for s, seed in enumerate(cfg.seeds):
+    for s, (lr, seed) in enumerate(members):
       row = {'algorithm': algorithm, 'seed': seed, 'iteration': it,
              'wall_time': wall[algorithm]}
+      if lr is not None:
+        row['inner_lr'] = lr
       if metrics is not None:
         row.update(
             train_loss=float(np.mean(metrics['loss_after'][s])),
-            train_loss_before=float(np.mean(metrics['loss_before'][s])),
             grad_norm=float(metrics['grad_norm'][s][-1]),
             num_nonfinite=int(np.sum(metrics['num_nonfinite'][s])),
             chunk_seconds=seconds)
+        if 'loss_before' in metrics:
+          row['train_loss_before'] = float(np.mean(metrics['loss_before'][s]))
       row.update({k: float(v[s]) for k, v in values.items()})
       rows.append(row)
     run_dir.append(rows)
@@ -891,9 +1125,9 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
       seconds = time.time() - t0
       wall[algorithm] += seconds
       chunk_times[algorithm].append((length, seconds))
-      rows = log_rows(algorithm, iteration + length, states[algorithm],
-                      metrics, seconds)
-      latest[algorithm] = rows
+      for r in log_rows(algorithm, iteration + length, states[algorithm],
+                        metrics, seconds):
+        latest.setdefault(row_arm(r), []).append(r)
     iteration += length
     run_dir.flush()
     checkpointer.save(iteration, {'states': states, 'train_keys': train_keys,
@@ -914,6 +1148,8 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
         ' | '.join(
             f'{a}: train {_format(np.mean([r["train_loss"] or np.nan for r in rs]))}'
             f' test {_format(np.mean([r["test_loss"] or np.nan for r in rs]))}'
+            + (f' alpha {_format(np.mean([r["inner_lr_mean"] for r in rs]))}'
+               if cfg.learned else '')
             for a, rs in latest.items()))
     if chunk_hook is not None:
       chunk_hook(iteration)
@@ -926,7 +1162,8 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
       seconds_per_iteration[algorithm] = (
           sum(t for _, t in steady) / sum(n for n, _ in steady))
   return TrainResult(states=states, hparams=hparams, rows=run_dir.rows,
-                     seconds_per_iteration=seconds_per_iteration)
+                     seconds_per_iteration=seconds_per_iteration,
+                     inner_lrs=grid)
 
 
 def run_experiment(problem, cfg, run_dir, *, chunk_hook=None):
@@ -949,43 +1186,93 @@ def run_experiment(problem, cfg, run_dir, *, chunk_hook=None):
 # ----------------------------------------------------------------------------
 
 def final_rows(rows, metric='test_loss'):
-  """``{algorithm: [metric at the last iteration, per seed]}``."""
+  """``{arm: [metric at the last iteration, per seed]}`` (arm: ``row_arm``)."""
   last = {}
   for r in rows:
-    a = r['algorithm']
+    a = row_arm(r)
     if a not in last or r['iteration'] > last[a]:
       last[a] = r['iteration']
   out = {}
   for r in rows:
-    if r['iteration'] == last[r['algorithm']]:
+    if r['iteration'] == last[row_arm(r)]:
       v = r.get(metric)
-      out.setdefault(r['algorithm'], []).append(np.nan if v is None else v)
+      out.setdefault(row_arm(r), []).append(np.nan if v is None else v)
   return out
 
 
-def summary_table(result, metric='test_loss', metric_label='meta-test loss'):
-  """Markdown table: final ``metric`` (mean +- std over seeds), hparams, time."""
+def _inner_lr_label(cfg, hp, arm):
+  if cfg is not None and cfg.learned:
+    return (f'learned {cfg.learn_inner_lr}'
+            f'{" per step" if cfg.per_step_inner_lr else ""} '
+            f'(init {hp.inner_lr:g})')
+  _, _, rest = arm.partition('@alpha=')
+  return rest or f'{hp.inner_lr:g}'
+
+
+def summary_table(result, metric='test_loss', metric_label='meta-test loss',
+                  cfg=None):
+  """Markdown table: final ``metric`` (mean +- std over seeds), hparams, time.
+
+  One line per arm (per algorithm and ``--inner_lrs`` value). With ``cfg``
+  of a ``--learn_inner_lr`` run, a column gives the final learned step
+  sizes: mean over seeds of their mean, and their min and max over seeds.
+  """
   finals = final_rows(result.rows, metric)
+  learned = cfg is not None and cfg.learned
+  if learned:
+    stats = {name: final_rows(result.rows, 'inner_lr_' + name)
+             for name in ('mean', 'min', 'max')}
   lines = [
       f'| algorithm | final {metric_label} (mean +- std over seeds) | seeds |'
-      ' meta lr | delta | inner lr | s / meta-iteration (all seeds) |',
-      '|---|---|---|---|---|---|---|']
-  for algorithm, values in finals.items():
+      ' meta lr | delta | inner lr | s / meta-iteration (all seeds) |'
+      + (' learned inner lr: mean [min, max] |' if learned else ''),
+      '|---|---|---|---|---|---|---|' + ('---|' if learned else '')]
+  for arm, values in finals.items():
+    algorithm = arm.partition('@')[0]
     values = np.asarray(values, float)
     hp = result.hparams.get(algorithm)
     spi = result.seconds_per_iteration.get(algorithm)
-    lines.append(
-        f'| {LABELS.get(algorithm, algorithm)} | {np.mean(values):.4g} +- '
+    line = (
+        f'| {arm_label(arm)} | {np.mean(values):.4g} +- '
         f'{np.std(values):.2g} | {len(values)} | '
         f'{hp.meta_lr:g} | '
-        f'{hp.delta:g} | {hp.inner_lr:g} | '
+        f'{hp.delta:g} | {_inner_lr_label(cfg, hp, arm)} | '
         f'{"n/a" if spi is None else f"{spi:.3g}"} |')
+    if learned:
+      line += (f' {np.mean(stats["mean"][arm]):.4g} '
+               f'[{np.min(stats["min"][arm]):.4g}, '
+               f'{np.max(stats["max"][arm]):.4g}] |')
+    lines.append(line)
   return '\n'.join(lines) + '\n'
+
+
+def learned_inner_lr_section(result, cfg):
+  """Markdown about learned step sizes (per-step means), '' if not learned."""
+  if not cfg.learned:
+    return ''
+  text = (f'Learned inner step sizes (--learn_inner_lr={cfg.learn_inner_lr}'
+          f'{", --per_step_inner_lr" if cfg.per_step_inner_lr else ""}), '
+          'final values: mean over all step sizes, min and max, mean +- std '
+          'over seeds (metrics rows: inner_lr_mean/_min/_max'
+          f'{", inner_lr_step<j>_mean" if cfg.per_step_inner_lr else ""}).\n')
+  steps = [f'step{j}_' for j in range(cfg.num_inner_steps)] if (
+      cfg.per_step_inner_lr) else []
+  names = ['mean', 'min', 'max'] + [s + 'mean' for s in steps]
+  finals = {n: final_rows(result.rows, 'inner_lr_' + n) for n in names}
+  lines = ['| algorithm | ' + ' | '.join(
+      n.replace('_', ' ') for n in names) + ' |',
+           '|---|' + '---|' * len(names)]
+  for arm in finals['mean']:
+    lines.append(f'| {arm_label(arm)} | ' + ' | '.join(
+        f'{np.mean(finals[n][arm]):.4g} +- {np.std(finals[n][arm]):.2g}'
+        for n in names) + ' |')
+  return text + '\n' + '\n'.join(lines) + '\n'
 
 
 def write_summary(run_dir, title, sections):
   """Writes summary.md: ``title`` and ``sections`` (markdown strings)."""
-  text = f'# {title}\n\n' + '\n'.join(s.rstrip() + '\n' for s in sections)
+  text = f'# {title}\n\n' + '\n'.join(s.rstrip() + '\n' for s in sections
+                                       if s)
   atomic_write_text(run_dir.file('summary.md'), text)
   return run_dir.file('summary.md')
 

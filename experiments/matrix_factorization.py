@@ -14,6 +14,16 @@ meta-iterations, 3 seeds.
   python -m experiments.matrix_factorization --workdir=/tmp/mf
   python -m experiments.matrix_factorization --quick     # ~1 minute
   python -m experiments.matrix_factorization --sweep     # paper's lr/delta grid
+
+Inner step sizes (flags shared with the sine launcher): --learn_inner_lr=
+scalar|per_layer|per_parameter meta-learns alpha with w_0 by the same meta
+optimizer (per_parameter: Meta-SGD; w is one array, so per_layer is one
+alpha), --per_step_inner_lr one per inner step (MAML++); the held-out loss
+adapts with the learned values. --inner_lrs=a,b,c trains several fixed
+alphas as one vmapped program (metrics rows carry inner_lr):
+
+  python -m experiments.matrix_factorization --learn_inner_lr=per_parameter
+  python -m experiments.matrix_factorization --inner_lrs=0.003,0.01,0.03,0.1
 """
 
 import functools
@@ -47,6 +57,7 @@ DEFAULTS = dict(
 QUICK = dict(num_iterations=500, eval_every=50)
 
 common.define_training_flags()
+common.define_inner_lr_flags()
 flags.adopt_module_key_flags(common)
 flags.DEFINE_integer('dim', task_lib.MF_DIM, 'd, the dimension of w and z.')
 flags.DEFINE_integer('num_samples', 1,
@@ -108,7 +119,8 @@ def run(argv, chunk_hook=None):
       f'{", hyperparameters from --sweep (sweep.json)" if cfg.sweep else ""}.'
       f' Meta-test loss on {num_test_tasks} fixed held-out tasks; '
       f'its value at w = 0 is {zero_loss:.4g} (the minimum is ~3e-6 lower).',
-      common.summary_table(result),
+      common.summary_table(result, cfg=cfg),
+      common.learned_inner_lr_section(result, cfg),
       '![meta-test loss](meta_loss.png)',
   ])
   print(f'Figure: {figure}\nSummary: {summary}\nMetrics: '

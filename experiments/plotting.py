@@ -6,7 +6,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from experiments.common import arm_label  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.common import LABELS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.common import row_arm  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 COLORS = {
     'maml': 'tab:blue',
@@ -26,16 +28,17 @@ def _save(fig, path):
 
 
 def curves_by_algorithm(rows, metric):
-  """``{algorithm: (iterations [T], values [num_seeds, T])}`` from metric rows.
+  """``{arm: (iterations [T], values [num_seeds, T])}`` from metric rows.
 
-  Missing (None) values become NaN.
+  The arm is the algorithm, or 'algorithm@alpha=<value>' for the rows of an
+  ``--inner_lrs`` grid (``common.row_arm``). Missing (None) values become NaN.
   """
   data = {}
   for r in rows:
     if r.get(metric, None) is None and metric not in r:
       continue
     v = r.get(metric)
-    data.setdefault(r['algorithm'], {}).setdefault(r['seed'], {})[
+    data.setdefault(row_arm(r), {}).setdefault(r['seed'], {})[
         r['iteration']] = np.nan if v is None else v
   out = {}
   for algorithm, by_seed in data.items():
@@ -74,9 +77,9 @@ def plot_learning_curves(rows, path, *, metric='test_loss',
       lo, hi = mean - std, mean + std
       if logy:
         lo = np.where(lo > 0, lo, mean)
-    color = COLORS.get(algorithm)
-    ax.plot(its, mean, label=f'{LABELS.get(algorithm, algorithm)} '
-            f'({values.shape[0]} seeds)', color=color)
+    line, = ax.plot(its, mean, label=f'{arm_label(algorithm)} '
+                    f'({values.shape[0]} seeds)', color=COLORS.get(algorithm))
+    color = line.get_color()
     if values.shape[0] > 1:
       ax.fill_between(its, lo, hi, color=color, alpha=0.2, linewidth=0)
   if reference is not None:
@@ -92,15 +95,20 @@ def plot_learning_curves(rows, path, *, metric='test_loss',
   return _save(fig, path)
 
 
-def plot_k_step_curves(curves, path, *, title=None, logy=False):
+def plot_k_step_curves(curves, path, *, title=None, logy=False, styles=None,
+                       marks=None):
   """Meta-test MSE vs adaptation steps k.
 
   Args:
-    curves: ``{algorithm: array [num_seeds, K + 1]}`` (MSE after k = 0..K
-      steps, per seed).
+    curves: ``{arm: array [num_seeds, K + 1]}`` (MSE after k = 0..K steps,
+      per seed); an arm is an algorithm or ``common.arm_name``'s
+      'algorithm@alpha=<value>'.
     path: output PNG path.
     title: figure title.
     logy: log-scale y axis.
+    styles: optional ``{arm: (label, color, linestyle)}`` overriding the
+      defaults (the algorithm's label and color, solid line).
+    marks: optional x positions of dotted vertical lines (e.g. k = N).
 
   Returns:
     ``path``.
@@ -110,12 +118,16 @@ def plot_k_step_curves(curves, path, *, title=None, logy=False):
     values = np.asarray(values, float)
     ks = np.arange(values.shape[1])
     mean, std = values.mean(0), values.std(0)
-    color = COLORS.get(algorithm)
-    ax.plot(ks, mean, 'o-', ms=3, color=color,
-            label=LABELS.get(algorithm, algorithm))
+    label, color, ls = (styles or {}).get(
+        algorithm, (arm_label(algorithm), COLORS.get(algorithm), '-'))
+    line, = ax.plot(ks, mean, marker='o', ls=ls, ms=3, color=color,
+                    label=label)
+    color = line.get_color()
     if values.shape[0] > 1:
       ax.fill_between(ks, mean - std, mean + std, color=color, alpha=0.2,
                       linewidth=0)
+  for x in marks or ():
+    ax.axvline(x, color='k', ls=':', lw=1)
   if logy:
     ax.set_yscale('log')
   ax.set_xlabel('adaptation steps k')

@@ -13,8 +13,18 @@ the held-out tasks after k = 0..--kshot_steps adaptation steps (kshot.json,
 kshot_mse.png), and one held-out task is drawn in the classic picture
 (sine_fit_<algorithm>.png).
 
+Inner step sizes (flags shared with the matrix-factorization launcher):
+--learn_inner_lr=scalar|per_layer|per_parameter meta-learns alpha with w_0
+(per_parameter is Meta-SGD), --per_step_inner_lr gives one per inner step
+(MAML++); the held-out evaluation, the k-step curve and the picture adapt
+with the learned step sizes, and the curve uses the last step's value for
+k > N. --inner_lrs=a,b,c trains and evaluates several fixed alphas as one
+vmapped program (one curve and summary line per value).
+
   python -m experiments.sine --workdir=/tmp/sine
   python -m experiments.sine --quick
+  python -m experiments.sine --algorithms=ggs_maml --learn_inner_lr=per_parameter
+  python -m experiments.sine --algorithms=maml --inner_lrs=0.003,0.01,0.03,0.1
 """
 
 import functools
@@ -27,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import maml_jax as mj
 from experiments import common
 from experiments import models
 from experiments import plotting
@@ -50,23 +61,35 @@ DEFAULTS = dict(
 QUICK = dict(num_iterations=1000, eval_every=250)
 
 common.define_training_flags()
+common.define_inner_lr_flags()
 flags.adopt_module_key_flags(common)
 flags.DEFINE_integer('num_support', 10, 'K, support points per task.')
 flags.DEFINE_integer('num_query', 10, 'Query points per task.')
 flags.DEFINE_integer('kshot_steps', 10,
                      'Largest k of the final MSE-vs-adaptation-steps curve '
-                     '(k = 0..kshot_steps, stepsize --inner_lr).')
+                     '(k = 0..kshot_steps, stepsize --inner_lr, or the '
+                     "learned ones, the last step's for k > N with "
+                     '--per_step_inner_lr).')
 FLAGS = flags.FLAGS
 
 
-def k_step_mse(params, tasks, *, inner_lr, max_steps):
-  """Mean query MSE over ``tasks`` after k = 0..max_steps inner steps [K + 1]."""
+def k_step_mse(params, tasks, *, inner_lr, max_steps, per_step=False,
+               num_inner_steps=None):
+  """Mean query MSE over ``tasks`` after k = 0..max_steps inner steps [K + 1].
+
+  ``params`` may be ``mj.LearnedInnerLR``: its step sizes are used, and with
+  ``per_step`` (a leading axis of length ``num_inner_steps`` = N) the steps
+  k > N use the last one, alpha_{N-1}. ``inner_lr`` may be traced.
+  """
+  w0, alpha = common.split_meta_params(params, inner_lr)
+
   def one(support, query):
-    def body(p, _):
+    def body(p, j):
       loss = models.sine_loss(p, query)
-      grads = jax.grad(models.sine_loss)(p, support)
-      return jax.tree.map(lambda w, g: w - inner_lr * g, p, grads), loss
-    p_k, losses = jax.lax.scan(body, params, None, length=max_steps)
+      alpha_j = common.step_size_at(alpha, j, per_step=per_step,
+                                    num_inner_steps=num_inner_steps)
+      return common.inner_step(models.sine_loss, p, support, alpha_j), loss
+    p_k, losses = jax.lax.scan(body, w0, jnp.arange(max_steps))
     return jnp.append(losses, models.sine_loss(p_k, query))
   return jnp.mean(jax.vmap(one)(tasks.support, tasks.query), axis=0)
 
@@ -81,8 +104,14 @@ def make_problem(cfg, *, num_support, num_query, num_test_tasks, eval_seed):
 
 
 def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,
-                steps):
-  """The classic picture for one held-out task and one set of meta params."""
+                steps, per_step=False, num_inner_steps=None):
+  """The classic picture for one held-out task and one set of meta params.
+
+  ``algorithm`` names the file and title (an arm name with ``--inner_lrs``);
+  ``params`` may be ``mj.LearnedInnerLR`` (as in ``k_step_mse``).
+  """
+  learned = isinstance(params, mj.LearnedInnerLR)
+  params, alpha = common.split_meta_params(params, inner_lr)
   amp, phase = task_lib.sine_task_params(key, 1)
   support = task_lib.sine_points(jax.random.fold_in(key, 7), amp, phase,
                                  num_support)
@@ -92,18 +121,20 @@ def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,
                      models.SINE_MODEL.apply(params, x)[:, 0]}
   p = params
   for k in range(1, max(steps) + 1):
-    p = jax.tree.map(lambda w, g: w - inner_lr * g, p,
-                     jax.grad(models.sine_loss)(p, support))
+    p = common.inner_step(models.sine_loss, p, support, common.step_size_at(
+        alpha, k - 1, per_step=per_step, num_inner_steps=num_inner_steps))
     if k in steps:
       predictions[f'after {k} step{"s" if k > 1 else ""}'] = (
           models.SINE_MODEL.apply(p, x)[:, 0])
+  alpha_text = (f'learned alpha (init {inner_lr:g})' if learned
+                else f'alpha={inner_lr:g}')
   return plotting.plot_sine_fit(
       np.asarray(x[:, 0]), np.asarray(amp[0] * jnp.sin(x[:, 0] - phase[0])),
       (np.asarray(support['x']), np.asarray(support['y'])),
       {k: np.asarray(v) for k, v in predictions.items()},
-      run_dir.file(f'sine_fit_{algorithm}.png'),
-      title=f'{plotting.LABELS.get(algorithm, algorithm)}: K={num_support} '
-      f'held-out task, alpha={inner_lr:g}')
+      run_dir.file(f'sine_fit_{algorithm.replace("@alpha=", "_alpha")}.png'),
+      title=f'{common.arm_label(algorithm.partition("@")[0])}: '
+      f'K={num_support} held-out task, {alpha_text}')
 
 
 def run(argv, chunk_hook=None):
@@ -128,23 +159,46 @@ def run(argv, chunk_hook=None):
       num_test_tasks=num_test_tasks, eval_seed=FLAGS.eval_seed)
   result = common.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
 
-  # Meta-test MSE after k = 0..kshot_steps steps, every algorithm and seed.
+  # Meta-test MSE after k = 0..kshot_steps steps, every arm and seed; an
+  # --inner_lrs grid is one vmapped program per algorithm over (alpha, seed).
   curves = {}
+  curve = functools.partial(k_step_mse, tasks=test_tasks,
+                            max_steps=FLAGS.kshot_steps,
+                            per_step=cfg.per_step_inner_lr,
+                            num_inner_steps=cfg.num_inner_steps)
   for algorithm, state in result.states.items():
-    inner_lr = result.hparams[algorithm].inner_lr
-    fn = jax.jit(jax.vmap(functools.partial(
-        k_step_mse, tasks=test_tasks, inner_lr=inner_lr,
-        max_steps=FLAGS.kshot_steps)))
-    curves[algorithm] = np.asarray(fn(state.params))
-    fit_picture(jax.tree.map(lambda x: x[0], state.params), run_dir,
-                algorithm, key=jax.random.fold_in(test_key, 99),
-                num_support=FLAGS.num_support, inner_lr=inner_lr,
-                steps=(1, FLAGS.kshot_steps))
-  common.atomic_write_text(run_dir.file('kshot.json'), json.dumps({
+    if result.inner_lrs:
+      lrs = jnp.repeat(jnp.asarray(result.inner_lrs, jnp.float32),
+                       len(cfg.seeds))
+      mse = np.asarray(jax.jit(jax.vmap(
+          lambda p, lr: curve(p, inner_lr=lr)))(state.params, lrs))
+      for i, lr in enumerate(result.inner_lrs):
+        curves[common.arm_name(algorithm, lr)] = mse[
+            i * len(cfg.seeds):(i + 1) * len(cfg.seeds)]
+    else:
+      curves[algorithm] = np.asarray(jax.jit(jax.vmap(functools.partial(
+          curve, inner_lr=result.hparams[algorithm].inner_lr)))(state.params))
+  for arm in result.arms():
+    fit_picture(jax.tree.map(lambda x: x[0], arm.params), run_dir, arm.name,
+                key=jax.random.fold_in(test_key, 99),
+                num_support=FLAGS.num_support, inner_lr=arm.inner_lr,
+                steps=(1, FLAGS.kshot_steps), per_step=cfg.per_step_inner_lr,
+                num_inner_steps=cfg.num_inner_steps)
+  kshot_info = {
       'steps': list(range(FLAGS.kshot_steps + 1)),
       'seeds': list(cfg.seeds),
       'num_test_tasks': num_test_tasks,
-      'mse': {a: c.tolist() for a, c in curves.items()}}, indent=1) + '\n')
+      'mse': {a: c.tolist() for a, c in curves.items()}}
+  if cfg.learned:
+    kshot_info['learn_inner_lr'] = cfg.learn_inner_lr
+    kshot_info['per_step_inner_lr'] = cfg.per_step_inner_lr
+    if cfg.per_step_inner_lr:
+      kshot_info['note'] = (f'steps k > N = {cfg.num_inner_steps} use the '
+                            "last step's learned step sizes")
+  if result.inner_lrs:
+    kshot_info['inner_lrs'] = list(result.inner_lrs)
+  common.atomic_write_text(run_dir.file('kshot.json'),
+                           json.dumps(kshot_info, indent=1) + '\n')
   kshot = plotting.plot_k_step_curves(
       curves, run_dir.file('kshot_mse.png'), logy=True,
       title=f'Sine K={FLAGS.num_support}, {num_test_tasks} held-out tasks')
@@ -158,7 +212,7 @@ def run(argv, chunk_hook=None):
   lines = ['| algorithm | ' + ' | '.join(f'k={k}' for k in shown) + ' |',
            '|---|' + '---|' * len(shown)]
   for algorithm, c in curves.items():
-    lines.append(f'| {plotting.LABELS.get(algorithm, algorithm)} | ' + ' | '.join(
+    lines.append(f'| {common.arm_label(algorithm)} | ' + ' | '.join(
         f'{c[:, k].mean():.3f} +- {c[:, k].std():.3f}' for k in shown) + ' |')
   summary = common.write_summary(run_dir, f'Sine regression, K = {FLAGS.num_support}', [
       f'{cfg.num_iterations} meta-iterations, N = {cfg.num_inner_steps}, '
@@ -166,7 +220,9 @@ def run(argv, chunk_hook=None):
       f'{cfg.meta_optimizer}, b = {cfg.num_directions}, seeds {list(cfg.seeds)}'
       f'{", hyperparameters from --sweep (sweep.json)" if cfg.sweep else ""}.'
       f' Meta-test MSE on {num_test_tasks} fixed held-out tasks.',
-      common.summary_table(result, metric_label='meta-test MSE after N steps'),
+      common.summary_table(result, metric_label='meta-test MSE after N steps',
+                           cfg=cfg),
+      common.learned_inner_lr_section(result, cfg),
       'Meta-test MSE after k adaptation steps (mean +- std over seeds):\n',
       '\n'.join(lines) + '\n',
       '![meta-test MSE](meta_loss.png) ![k-shot](kshot_mse.png)',

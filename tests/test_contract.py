@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import maml_jax as mj
-from experiments import models
-from experiments import tasks as task_lib
+import toy
 
 KWARGS = {
     'maml': {},
@@ -20,14 +19,14 @@ KWARGS = {
 KEY = jax.random.PRNGKey(0)
 
 
-def _make(name, loss=models.mf_loss, **overrides):
+def _make(name, loss=toy.mf_loss, **overrides):
   kwargs = dict(inner_lr=0.01, num_inner_steps=2, **KWARGS[name])
   kwargs.update(overrides)
   return getattr(mj, name)(loss, **kwargs)
 
 
 def _task(key=KEY, dtype=jnp.float32):
-  tasks = task_lib.matrix_factorization_tasks(key, 1, dtype=dtype)
+  tasks = toy.mf_tasks(key, 1, dtype=dtype)
   return jax.tree.map(lambda x: x[0], tasks)
 
 
@@ -37,10 +36,10 @@ def test_contract(name):
 
   def loss(w, batch):
     traces.append(1)
-    return models.mf_loss(w, batch)
+    return toy.mf_loss(w, batch)
 
   est = jax.jit(_make(name, loss))
-  params = models.init_mf_params(KEY)
+  params = toy.init_mf_params(KEY)
   grads, aux = est(params, _task(), KEY)
   assert grads.shape == params.shape and grads.dtype == jnp.float32
   assert np.all(np.isfinite(grads)) and bool(aux.finite)
@@ -50,7 +49,7 @@ def test_contract(name):
     est(params, _task(jax.random.PRNGKey(i + 1)), jax.random.PRNGKey(i))
   assert len(traces) == n
   # vmap over tasks through meta_gradient.
-  tasks = task_lib.matrix_factorization_tasks(KEY, 3)
+  tasks = toy.mf_tasks(KEY, 3)
   mean, meta_aux = jax.jit(lambda p, t, k: mj.meta_gradient(
       _make(name), p, t, k))(params, tasks, KEY)
   assert mean.shape == params.shape and int(meta_aux.num_nonfinite) == 0
@@ -64,9 +63,9 @@ def test_contract_with_learned_step_sizes(name):
 
   def loss(w, batch):
     traces.append(1)
-    return models.mf_loss(w, batch)
+    return toy.mf_loss(w, batch)
 
-  params = models.init_mf_params(KEY)
+  params = toy.init_mf_params(KEY)
   meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.01,
                                                     'per_parameter',
                                                     num_steps=2))
@@ -81,7 +80,7 @@ def test_contract_with_learned_step_sizes(name):
   for i in range(2):
     est(meta, _task(jax.random.PRNGKey(i + 1)), jax.random.PRNGKey(i))
   assert len(traces) == n
-  tasks = task_lib.matrix_factorization_tasks(KEY, 3)
+  tasks = toy.mf_tasks(KEY, 3)
   mean, meta_aux = jax.jit(lambda p, t, k: mj.meta_gradient(
       _make(name, inner_lr=None), p, t, k))(meta, tasks, KEY)
   assert mean.inner_lr.shape == (2,) + params.shape
@@ -91,7 +90,7 @@ def test_contract_with_learned_step_sizes(name):
 @pytest.mark.parametrize('name', ['maml', 'ggs_maml'])
 def test_float64_stays_float64(name):
   with jax.enable_x64(True):
-    params = models.init_mf_params(KEY, dtype=jnp.float64)
+    params = toy.init_mf_params(KEY, dtype=jnp.float64)
     grads, aux = jax.jit(_make(name))(params, _task(dtype=jnp.float64), KEY)
     assert grads.dtype == jnp.float64
     assert aux.query_loss_after.dtype == jnp.float64
@@ -116,11 +115,11 @@ def test_bad_hyperparameters_fail_at_construction(kwargs, match):
   with pytest.raises(ValueError, match='delta'):
     _make('hf_maml', delta=0.0)
   with pytest.raises(ValueError, match='backprop'):
-    mj.maml(models.mf_loss, inner_lr=0.1, num_inner_steps=1, backprop='fast')
+    mj.maml(toy.mf_loss, inner_lr=0.1, num_inner_steps=1, backprop='fast')
 
 
 def test_bad_tasks_fail_at_trace_time():
-  params = models.init_mf_params(KEY)
+  params = toy.init_mf_params(KEY)
   task = _task()
   est = _make('maml')
   with pytest.raises(ValueError, match='loss_fn must return a scalar'):
@@ -138,20 +137,20 @@ def test_bad_tasks_fail_at_trace_time():
   with pytest.raises(ValueError, match='floating-point'):
     est(jnp.arange(20), task, KEY)
   with pytest.raises(ValueError, match='task.hessian=None'):
-    mj.maml(models.mf_loss, inner_lr=0.1, num_inner_steps=1,
+    mj.maml(toy.mf_loss, inner_lr=0.1, num_inner_steps=1,
             backprop='autodiff')(params, task._replace(hessian=task.support),
                                  KEY)
 
 
 def test_adapt_matches_estimator_inner_loop():
-  params = models.init_mf_params(KEY)
+  params = toy.init_mf_params(KEY)
   task = _task()
-  adapted, losses = mj.adapt(models.mf_loss, params, task.support,
+  adapted, losses = mj.adapt(toy.mf_loss, params, task.support,
                              inner_lr=0.01, num_steps=2)
   _, aux = _make('fo_maml')(params, task, KEY)
-  np.testing.assert_allclose(models.mf_loss(adapted, task.query),
+  np.testing.assert_allclose(toy.mf_loss(adapted, task.query),
                              aux.query_loss_after, rtol=1e-6)
   np.testing.assert_allclose(losses, aux.inner_losses, rtol=1e-6)
-  same, empty = mj.adapt(models.mf_loss, params, task.support, inner_lr=0.01,
+  same, empty = mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
                          num_steps=0)
   assert same is params and empty.shape == (0,)

@@ -6,19 +6,18 @@ import numpy as np
 import pytest
 
 import maml_jax as mj
-from experiments import models
-from experiments import tasks as task_lib
+import toy
 
 KEY = jax.random.PRNGKey(0)
 
 
 def _setup(num_tasks=8):
-  params = models.init_sine_params(KEY)
-  tasks = task_lib.sine_tasks(jax.random.PRNGKey(1), num_tasks)
+  params = toy.init_mlp_params(KEY)
+  tasks = toy.wave_tasks(jax.random.PRNGKey(1), num_tasks)
   return params, tasks
 
 
-EST = mj.ggs_maml(models.sine_loss, inner_lr=0.01, num_inner_steps=2,
+EST = mj.ggs_maml(toy.mlp_loss, inner_lr=0.01, num_inner_steps=2,
                   num_directions=3, delta=1e-2)
 
 
@@ -45,7 +44,7 @@ def test_nonfinite_task_is_reported_and_left_out():
   params, tasks = _setup(4)
   bad = tasks._replace(support={
       'x': tasks.support['x'].at[2].set(jnp.nan), 'y': tasks.support['y']})
-  est = mj.maml(models.sine_loss, inner_lr=0.01, num_inner_steps=2)
+  est = mj.maml(toy.mlp_loss, inner_lr=0.01, num_inner_steps=2)
   meta_grad = jax.jit(lambda p, t, k: mj.meta_gradient(est, p, t, k))
   grads, aux = meta_grad(params, bad, KEY)
   assert int(aux.num_nonfinite) == 1

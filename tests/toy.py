@@ -1,0 +1,62 @@
+"""Small models and task samplers of the library's own tests.
+
+The library tests do not import ``experiments/`` (that is the paper's code,
+tested on its own in tests/test_models_and_tasks.py): these stand-ins have the
+same shapes of problem, a rank-one matrix factorization (a vector parameter)
+and a one-hidden-layer regression MLP (a dict of parameters).
+"""
+
+import jax
+import jax.numpy as jnp
+
+import maml_jax as mj
+
+MF_DIM = 20
+
+
+def init_mf_params(key, dim=MF_DIM, dtype=jnp.float32):
+  return jnp.sqrt(2.0 / (dim + 1)) * jax.random.normal(key, (dim,), dtype)
+
+
+def mf_loss(w, batch):
+  """(1/4) ||w w^T - z z^T||_F^2 averaged over the z in the batch."""
+  z = batch['z']
+  wz = z @ w
+  zz = jnp.sum(z * z, axis=-1)
+  return 0.25 * jnp.mean(jnp.dot(w, w) ** 2 - 2.0 * wz ** 2 + zz ** 2)
+
+
+def mf_tasks(key, num_tasks, *, dim=MF_DIM, num_samples=1, dtype=jnp.float32):
+  """Tasks z ~ N(0, sigma_i^2 I), sigma_i ~ U(0, 0.1); support and query drawn apart."""
+  k_sig, k_s, k_q = jax.random.split(key, 3)
+  sigma = jax.random.uniform(k_sig, (num_tasks, 1, 1), dtype, 0.0, 0.1)
+  draw = lambda k: {'z': sigma * jax.random.normal(
+      k, (num_tasks, num_samples, dim), dtype)}
+  return mj.Task(support=draw(k_s), query=draw(k_q))
+
+
+def init_mlp_params(key, hidden=16, dtype=jnp.float32):
+  k1, k2 = jax.random.split(key)
+  return {'w1': jax.random.normal(k1, (1, hidden), dtype),
+          'b1': jnp.zeros((hidden,), dtype),
+          'w2': jax.random.normal(k2, (hidden, 1), dtype) / jnp.sqrt(hidden),
+          'b2': jnp.zeros((1,), dtype)}
+
+
+def mlp_loss(params, batch):
+  """Mean squared error of a 1-16-1 tanh MLP on ``{'x': [K, 1], 'y': [K, 1]}``."""
+  h = jnp.tanh(batch['x'] @ params['w1'] + params['b1'])
+  return jnp.mean((h @ params['w2'] + params['b2'] - batch['y']) ** 2)
+
+
+def wave_tasks(key, num_tasks, *, num_points=10, dtype=jnp.float32):
+  """Regression tasks y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi]."""
+  k_a, k_p, k_s, k_q = jax.random.split(key, 4)
+  amp = jax.random.uniform(k_a, (num_tasks, 1, 1), dtype, 0.1, 5.0)
+  phase = jax.random.uniform(k_p, (num_tasks, 1, 1), dtype, 0.0, jnp.pi)
+
+  def draw(k):
+    x = jax.random.uniform(k, (num_tasks, num_points, 1), dtype, -5.0, 5.0)
+    return {'x': x, 'y': amp * jnp.sin(x - phase)}
+
+  return mj.Task(support=draw(k_s), query=draw(k_q))

@@ -41,15 +41,16 @@ def problem_setup(problem: str, num_tasks: int, key, dtype=jnp.float32,
 def jax_estimator(algorithm: str, loss_fn, *, inner_lr: float,
                   num_inner_steps: int, num_directions: int = 10,
                   delta: float = 1e-2, remat=False):
-  """The maml_jax estimator named ``algorithm`` with the given hyperparameters."""
-  kw = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps, remat=remat)
-  if algorithm in ('zo_maml', 'ggs_maml'):
-    kw.update(num_directions=num_directions, delta=delta)
-  elif algorithm == 'hf_maml':
-    kw.update(delta=delta)
-  elif algorithm not in ('maml', 'fo_maml'):
-    raise ValueError(f'algorithm must be one of {mj.ESTIMATORS}, got {algorithm!r}')
-  return getattr(mj, algorithm)(loss_fn, **kw)
+  """The maml_jax estimator named ``algorithm`` (``mj.make_estimator``).
+
+  ``num_directions`` and ``delta`` go to the estimators that take them
+  (``mj.estimator_hyperparameters``); an unknown name is a ValueError.
+  """
+  optional = dict(num_directions=num_directions, delta=delta)
+  accepted = mj.estimator_hyperparameters(algorithm)
+  return mj.make_estimator(
+      algorithm, loss_fn, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
+      remat=remat, **{k: v for k, v in optional.items() if k in accepted})
 
 
 def meta_gradient_directions(params, key, num_tasks: int, num_inner_steps: int,
@@ -115,7 +116,7 @@ def compare(problem: str, algorithm: str, *, num_tasks: int = 3,
           lambda p, t, k: mj.meta_gradient(est, p, t, k), params, tasks, key,
           compiler_options=compiler_options)
     directions = None
-    if algorithm in ('zo_maml', 'ggs_maml'):
+    if 'num_directions' in mj.estimator_hyperparameters(algorithm):
       directions = jax.tree.map(np.asarray, compiled_call(
           lambda p, k: meta_gradient_directions(p, k, num_tasks, num_inner_steps,
                                                 num_directions),

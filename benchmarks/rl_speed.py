@@ -48,7 +48,11 @@ flags.DEFINE_integer('num_tasks', 20, 'Tasks per batch.')
 flags.DEFINE_integer('num_episodes', 20, 'Episodes per task.')
 flags.DEFINE_integer('repeats', 3, 'Timed repeats (the minimum is reported).')
 flags.DEFINE_list('algorithms', ['maml', 'fo_maml', 'zo_maml', 'ggs_maml'],
-                  'Algorithms whose meta-iteration is timed (empty: none).')
+                  'Algorithms (mj.ESTIMATORS names) whose meta-iteration is '
+                  'timed (empty: none).')
+flags.register_validator(
+    'algorithms', lambda names: all(a in mj.ESTIMATORS for a in names if a),
+    message=f'--algorithms: choose from {",".join(mj.ESTIMATORS)}')
 flags.DEFINE_enum('kl_hvp', 'adapted', list(metarl.KL_HVPS),
                   "TRPO's CG metric in the timed meta-iterations (see "
                   'experiments/rl/metarl.py).')

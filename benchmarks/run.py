@@ -21,6 +21,12 @@ Sections (``--sections``, all by default):
   with and without ``remat=True``) on an MLP 1-1000-1000-1 (~1M parameters),
   from XLA's compiled memory analysis, plus a fresh subprocess per
   configuration for the measured peak RSS of a run at a few N.
+* ``learned_lr``: the cost of learning the inner step size. On the sine
+  setting of the main table, MAML and GGS-MAML with a fixed alpha against the
+  same estimator called with ``mj.LearnedInnerLR(params, init_inner_lr(params,
+  alpha, 'per_parameter'))`` (Meta-SGD: one alpha per parameter, updated by
+  the same Adam): ms per meta-iteration of the jitted step and the fused run,
+  both variants timed in alternating rounds, and the ratio learned / fixed.
 
 Writes ``<out_dir>/<name>.json``, ``<out_dir>/<name>.md`` and PNG plots.
 JAX runs on its default device (CPU here, a GPU if one is present); PyTorch
@@ -56,11 +62,13 @@ _QUICK = flags.DEFINE_bool('quick', False, 'CI-sized run: tiny shapes, few repea
 _OUT_DIR = flags.DEFINE_string('out_dir', 'benchmarks/results', 'Where results go.')
 _NAME = flags.DEFINE_string('name', None, 'Results file stem (default: latest / quick).')
 _SECTIONS = flags.DEFINE_list(
-    'sections', ['agreement', 'main', 'steps', 'directions', 'tasks', 'memory'],
+    'sections', ['agreement', 'main', 'steps', 'directions', 'tasks', 'memory',
+                 'learned_lr'],
     'Which sections to run.')
 _PROBLEMS = flags.DEFINE_list('problems', ['sine', 'mf'], 'Problems of the main table.')
-_ALGORITHMS = flags.DEFINE_list('algorithms', list(tr.ALGORITHMS),
-                                'Algorithms of the main table.')
+_ALGORITHMS = flags.DEFINE_list('algorithms', list(mj.ESTIMATORS),
+                                'Algorithms of the main table and of the '
+                                'agreement section (mj.ESTIMATORS names).')
 _REPEATS = flags.DEFINE_integer(
     'repeats', None, 'Timed calls per case (per round in the main table; '
     'default: main 4 per round for the jitted step, 2 for PyTorch and the fused '
@@ -122,10 +130,16 @@ MEMORY_FULL = dict(width=1000, num_directions=10, steps=[1, 16, 64, 256],
                    rss_configs=['maml', 'maml+remat', 'ggs_maml+remat'])
 MEMORY_QUICK = dict(width=32, num_directions=2, steps=[4, 16], rss_steps=[16],
                     algorithms=['maml'], rss_configs=['maml+remat'])
+# Learned vs fixed inner step size (sine setting of the main table).
+LEARNED_LR_FULL = dict(problem='sine', algorithms=['maml', 'ggs_maml'],
+                       kind='per_parameter', modes=['step', 'fused'])
+LEARNED_LR_QUICK = dict(LEARNED_LR_FULL, modes=['step'])
 TARGETS = {  # (problem, algorithm): minimum speedup of fused maml_jax
     'fused_vs_torch_loop': {'maml': 30.0, 'ggs_maml': 25.0},
     'fused_vs_best_torch': {'maml': 10.0, 'ggs_maml': 10.0},
     'remat_peak_ratio_256_vs_16': 4.0,
+    # Maximum time ratio learned / fixed step size, per meta-iteration.
+    'learned_lr_overhead': 1.15,
 }
 MiB = 2.0 ** 20
 _DEFAULT_TORCH_THREADS = torch.get_num_threads()
@@ -159,10 +173,16 @@ def _linear_fit(xs, ys):
   return {'slope_ms': float(slope), 'intercept_ms': float(intercept), 'r2': r2}
 
 
-def _setup(problem, hp, seed=0):
+def _setup(problem, hp, seed=0, learned_lr=None):
+  """(loss_fn, params, tasks); with ``learned_lr`` (a kind of
+  ``mj.init_inner_lr``) params is ``mj.LearnedInnerLR(params, alpha)``, alpha
+  initialised to ``hp['inner_lr']``."""
   loss_fn, params, tasks = agreement.problem_setup(
       problem, hp['num_tasks'], jax.random.PRNGKey(seed),
       num_support=hp['num_support'])
+  if learned_lr is not None:
+    params = mj.LearnedInnerLR(
+        params, mj.init_inner_lr(params, hp['inner_lr'], learned_lr))
   return loss_fn, params, tasks
 
 
@@ -179,9 +199,14 @@ def _estimator(algorithm, loss_fn, hp):
 # before each round of calls (PyTorch's thread count), ``divisor`` converts
 # call time to time per meta-iteration, ``info`` carries compile time etc.
 # ----------------------------------------------------------------------------
-def prepare_jax_step(problem, algorithm, hp, *, compiler_options):
-  """maml_jax jitted meta-train step on a fixed task batch."""
-  loss_fn, params, tasks = _setup(problem, hp)
+def prepare_jax_step(problem, algorithm, hp, *, compiler_options,
+                     learned_lr=None):
+  """maml_jax jitted meta-train step on a fixed task batch.
+
+  ``learned_lr``: None (alpha fixed at ``hp['inner_lr']``) or the kind of
+  learned step size (``mj.init_inner_lr``), trained with the parameters.
+  """
+  loss_fn, params, tasks = _setup(problem, hp, learned_lr=learned_lr)
   opt = _optimizer(hp)
   step = mj.make_train_step(_estimator(algorithm, loss_fn, hp), opt)
   state = mj.init_train_state(params, opt)
@@ -202,9 +227,13 @@ def prepare_jax_step(problem, algorithm, hp, *, compiler_options):
           'info': {'compile_s': compile_s, 'xla_memory': memory.analysis_bytes(compiled)}}
 
 
-def prepare_jax_fused(problem, algorithm, hp, *, num_iterations, compiler_options):
-  """maml_jax fused run: ``num_iterations`` meta-iterations per compiled call."""
-  loss_fn, params, _ = _setup(problem, hp)
+def prepare_jax_fused(problem, algorithm, hp, *, num_iterations, compiler_options,
+                      learned_lr=None):
+  """maml_jax fused run: ``num_iterations`` meta-iterations per compiled call.
+
+  ``learned_lr`` as in ``prepare_jax_step``.
+  """
+  loss_fn, params, _ = _setup(problem, hp, learned_lr=learned_lr)
   opt = _optimizer(hp)
   run = mj.make_fused_train(_estimator(algorithm, loss_fn, hp), opt,
                             _sampler(problem, hp), num_iterations)
@@ -378,6 +407,50 @@ def run_sweep(name, cfg):
   return out
 
 
+def run_learned_lr(cfg):
+  """Learned (Meta-SGD) vs fixed inner step size, timed in alternating rounds.
+
+  One row per algorithm and timed mode ('step': the jitted train step on a
+  fixed batch; 'fused': ``mj.make_fused_train``, per meta-iteration). The
+  same estimator serves both variants; only the params differ (a
+  ``LearnedInnerLR`` for 'learned'). ``ratio`` = learned ms / fixed ms (the
+  medians of all calls); ``ratio_stats`` adds the per-round ratios.
+  """
+  spec = cfg['learned_lr']
+  problem = spec['problem']
+  hp = cfg['hp'][problem]
+  prepare = {
+      'step': lambda algorithm, kind: prepare_jax_step(
+          problem, algorithm, hp, compiler_options=cfg['compiler_options'],
+          learned_lr=kind),
+      'fused': lambda algorithm, kind: prepare_jax_fused(
+          problem, algorithm, hp, num_iterations=cfg['fused_iterations'],
+          compiler_options=cfg['compiler_options'], learned_lr=kind),
+  }
+  repeats = {'step': cfg['repeats'], 'fused': cfg['fused_repeats']}
+  rows = []
+  for algorithm in spec['algorithms']:
+    for mode in spec['modes']:
+      cases = {'fixed': prepare[mode](algorithm, None),
+               'learned': prepare[mode](algorithm, spec['kind'])}
+      res = timing.interleaved(cases, rounds=cfg['rounds'],
+                               repeats={k: repeats[mode] for k in cases})
+      stats = timing.ratio_stats(res['learned'], res['fixed'])
+      row = {'problem': problem, 'algorithm': algorithm, 'mode': mode,
+             'kind': spec['kind'], 'hparams': hp,
+             'fixed': res['fixed'], 'learned': res['learned'],
+             'ratio': stats['ratio'], 'ratio_stats': stats}
+      if mode == 'fused':
+        for k in cases:
+          row[k]['params_finite'] = cases[k]['finite']()
+      logging.info('learned_lr %s %s %s: fixed %.3f ms, learned %.3f ms, '
+                   'ratio %.3f (rounds %.3f-%.3f)', problem, algorithm, mode,
+                   res['fixed']['ms'], res['learned']['ms'], stats['ratio'],
+                   stats['round_min'], stats['round_max'])
+      rows.append(row)
+  return rows
+
+
 def run_memory(cfg):
   spec = cfg['memory']
   out = {'width': spec['width'], 'num_params': memory.num_params(spec['width']),
@@ -435,6 +508,12 @@ def check_targets(results):
         got = row['speedup'][name]
         checks.append({'target': f'sine {row["algorithm"]} {name} >= {target:g}x',
                        'measured': got, 'met': got >= target})
+  limit = TARGETS['learned_lr_overhead']
+  for row in results.get('learned_lr', []):
+    if row['problem'] == 'sine':
+      checks.append({'target': f'sine {row["algorithm"]} {row["mode"]} learned '
+                               f'{row["kind"]} / fixed step size <= {limit:g}x',
+                     'measured': row['ratio'], 'met': row['ratio'] <= limit})
   ratios = results.get('memory', {}).get('ratio_256_vs_16', {})
   for label, ratio in ratios.items():
     if label.endswith('+remat'):
@@ -564,10 +643,35 @@ def markdown(results):
           lines.append(f'| {label} | {n} | {_fmt(r["rss_increase_mib"], 1)} '
                        f'| {r["run_s"]:.2f} |')
     lines.append('')
+  if results.get('learned_lr'):
+    lines += ['## Learned vs fixed inner step size', '',
+              'Meta-SGD (params = `mj.LearnedInnerLR(params, mj.init_inner_lr('
+              'params, alpha, kind))`, alpha trained by the same Adam) against '
+              'the same estimator with alpha fixed. ms per meta-iteration (step: '
+              'jitted train step on a fixed batch; fused: `mj.make_fused_train`), '
+              f'both variants timed in turn in {cfg_rounds(results)} rounds; ratio '
+              '= learned ms / fixed ms, with the median and range of the '
+              'per-round ratios in brackets.', '',
+              '| problem | algorithm | alpha | timed | fixed ms | learned ms | ratio '
+              '| per-round ratio | compile s (fixed / learned) '
+              '| XLA peak MiB (fixed / learned) |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+    for r in results['learned_lr']:
+      st = r['ratio_stats']
+      mib = [r[k]['xla_memory'].get('peak') for k in ('fixed', 'learned')]
+      lines.append(
+          f'| {r["problem"]} | {r["algorithm"]} | {r["kind"]} | {r["mode"]} '
+          f'| {r["fixed"]["ms"]:.3f} | {r["learned"]["ms"]:.3f} | {r["ratio"]:.3f} '
+          f'| {st["round_median"]:.3f} ({st["round_min"]:.3f}-{st["round_max"]:.3f}) '
+          f'| {r["fixed"]["compile_s"]:.1f} / {r["learned"]["compile_s"]:.1f} '
+          '| ' + ' / '.join(_fmt(None if m is None else m / MiB, 3) for m in mib)
+          + ' |')
+    lines.append('')
   lines += ['## Targets', '']
   if not results.get('targets'):
-    lines += ['Not evaluated: they need the sine rows of the main table and the '
-              'memory sweep at N = 16 and 256 (the full run).', '']
+    lines += ['Not evaluated: they need the sine rows of the main table, the '
+              'memory sweep at N = 16 and 256 or the learned_lr section (the '
+              'full run).', '']
   else:
     if meta['quick'] or meta['fast_compile']:
       lines += ['(Smoke-run shapes or unoptimized XLA: these do NOT evaluate the '
@@ -634,6 +738,11 @@ def _git_commit():
 
 def config_from_flags():
   quick = _QUICK.value
+  for algorithm in _ALGORITHMS.value:
+    if algorithm not in mj.ESTIMATORS or algorithm not in tr.ALGORITHMS:
+      raise app.UsageError(
+          f'--algorithms: {algorithm!r} is not an estimator with a PyTorch '
+          f'reference; choose from {",".join(mj.ESTIMATORS)}')
   fast = _FAST_COMPILE.value if _FAST_COMPILE.value is not None else quick
   problems = _PROBLEMS.value
   if quick and not flags.FLAGS['problems'].present:
@@ -656,6 +765,7 @@ def config_from_flags():
       'sweeps': SWEEPS_QUICK if quick else SWEEPS_FULL,
       'sweep_torch': _SWEEP_TORCH.value,
       'memory': MEMORY_QUICK if quick else MEMORY_FULL,
+      'learned_lr': LEARNED_LR_QUICK if quick else LEARNED_LR_FULL,
       'compiler_options': agreement.FAST_COMPILE if fast else None,
       'sections': _SECTIONS.value,
   }
@@ -676,6 +786,8 @@ def run_benchmarks(cfg):
       results['sweeps'][name] = run_sweep(name, cfg)
     elif name == 'memory':
       results['memory'] = run_memory(cfg)
+    elif name == 'learned_lr':
+      results['learned_lr'] = run_learned_lr(cfg)
     else:
       raise ValueError(f'unknown section {name!r}')
     section_s[name] = time.time() - t0

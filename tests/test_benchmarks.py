@@ -15,8 +15,10 @@ import pytest
 
 pytest.importorskip('torch')
 
+import maml_jax as mj
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
+ALGORITHMS = mj.ESTIMATORS
 
 
 @pytest.fixture(scope='module')
@@ -80,10 +82,36 @@ def test_memory_section(quick_results):
   assert all(r['analysis']['peak'] > 0 for r in probes)
 
 
+def test_learned_lr_section(quick_results):
+  """Meta-SGD vs fixed step size: both variants per row, consistent ratios."""
+  _, res, _ = quick_results
+  rows = res['learned_lr']
+  assert [(r['algorithm'], r['mode']) for r in rows] == [('maml', 'step'),
+                                                         ('ggs_maml', 'step')]
+  for r in rows:
+    assert r['problem'] == 'sine' and r['kind'] == 'per_parameter'
+    for variant in ('fixed', 'learned'):
+      assert r[variant]['ms'] > 0 and r[variant]['compile_s'] > 0, variant
+      assert len(r[variant]['round_ms']) == 2, variant
+      assert r[variant]['ms'] == pytest.approx(
+          statistics.median(r[variant]['times_ms']))
+    assert r['ratio'] == pytest.approx(r['learned']['ms'] / r['fixed']['ms'])
+    st = r['ratio_stats']
+    assert st['ratio'] == r['ratio']
+    assert st['per_round'] == pytest.approx(
+        [a / b for a, b in zip(r['learned']['round_ms'], r['fixed']['round_ms'])])
+    assert st['round_median'] == pytest.approx(statistics.median(st['per_round']))
+  # One target per row, on the ratio reported.
+  targets = [t for t in res['targets'] if 'step size' in t['target']]
+  assert [t['measured'] for t in targets] == [r['ratio'] for r in rows]
+  assert all(t['met'] == (t['measured'] <= 1.15) for t in targets)
+
+
 def test_outputs_written(quick_results):
   out_dir, res, stdout = quick_results
   md = (out_dir / 'quick.md').read_text()
   assert '## Time per meta-iteration' in md and '## Targets' in md
+  assert '## Learned vs fixed inner step size' in md
   assert '## Time per meta-iteration' in stdout
   for name in res['plots']:
     assert (out_dir / name).stat().st_size > 0

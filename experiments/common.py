@@ -4,7 +4,11 @@ A launcher describes its experiment as a ``Problem`` (loss, initial
 parameters, on-device task sampler, held-out evaluation) and hands it to
 ``train``, which runs every algorithm of ``--algorithms`` for every seed of
 ``--seeds`` with ``maml_jax.make_fused_train``: ``--eval_every`` meta-iterations
-per compiled call, seeds batched with ``jax.vmap``. Between two chunks it
+per compiled call, seeds batched with ``jax.vmap`` (with ``--inner_lrs``, the
+grid of (inner_lr, seed) pairs: the fixed step size is data of the one
+compiled program). ``--learn_inner_lr`` makes the inner step sizes
+meta-parameters (``mj.LearnedInnerLR``), trained by the same meta optimizer
+and checkpointed with w_0. Between two chunks it
 evaluates on held-out tasks, logs progress, appends to ``metrics.jsonl`` /
 ``metrics.csv`` and writes an Orbax checkpoint, so ``--resume`` continues a
 killed run with exactly the metrics an uninterrupted run produces (iteration
@@ -13,7 +17,9 @@ i of a fused run draws its tasks and directions from
 
 Outputs of one run (``RunDir``), in ``<workdir>/<run_name>/``:
   config.json    every flag, the resolved hyperparameters, package versions.
-  metrics.jsonl  one row per (algorithm, seed, evaluated iteration).
+  metrics.jsonl  one row per (algorithm, seed, evaluated iteration), and per
+                 inner_lr with --inner_lrs; with --learn_inner_lr the rows
+                 hold inner_lr_mean/_min/_max (and inner_lr_step<j>_mean).
   metrics.csv    the same rows as CSV.
   checkpoints/   Orbax checkpoints (train states, PRNG keys, iteration).
   sweep.json     the ``--sweep`` grid and the chosen hyperparameters.

@@ -95,8 +95,17 @@ def plot_learning_curves(rows, path, *, metric='test_loss',
   return _save(fig, path)
 
 
+def load_k_step_curves(kshot_json, arms=None):
+  """``{arm: [num_seeds, K + 1] array}`` from a sine run's kshot.json."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(kshot_json) as f:
+    mse = json.load(f)['mse']
+  return {a: np.asarray(v, float) for a, v in mse.items()
+          if arms is None or a in arms}
+
+
 def plot_k_step_curves(curves, path, *, title=None, logy=False, styles=None,
-                       marks=None):
+                       marks=None, ylim=None):
   """Meta-test MSE vs adaptation steps k.
 
   Args:
@@ -109,6 +118,7 @@ def plot_k_step_curves(curves, path, *, title=None, logy=False, styles=None,
     styles: optional ``{arm: (label, color, linestyle)}`` overriding the
       defaults (the algorithm's label and color, solid line).
     marks: optional x positions of dotted vertical lines (e.g. k = N).
+    ylim: optional (bottom, top) of the y axis (curves beyond it are cut).
 
   Returns:
     ``path``.
@@ -130,6 +140,8 @@ def plot_k_step_curves(curves, path, *, title=None, logy=False, styles=None,
     ax.axvline(x, color='k', ls=':', lw=1)
   if logy:
     ax.set_yscale('log')
+  if ylim is not None:
+    ax.set_ylim(*ylim)
   ax.set_xlabel('adaptation steps k')
   ax.set_ylabel('meta-test MSE')
   if title:

@@ -138,6 +138,7 @@ def test_cli_error_is_one_line_and_help_lists_flags(tmp_path):
   for name in ('algorithms', 'num_inner_steps', 'inner_lr', 'meta_lr',
                'meta_optimizer', 'num_directions', 'delta', 'tasks_per_batch',
                'num_iterations', 'seeds', 'eval_every', 'workdir', 'resume',
-               'sweep', 'num_support', 'kshot_steps'):
+               'sweep', 'num_support', 'kshot_steps', 'learn_inner_lr',
+               'per_step_inner_lr', 'inner_lrs'):
     assert f'--{name}' in text, name
   assert "(default: '0.001')" in text  # the sine meta lr default is shown

@@ -126,7 +126,7 @@ def main(argv):
   print(f'MLP 1-{_WIDTH.value}-{_WIDTH.value}-1 ({n_params:,} parameters), '
         f'{T} tasks, N = {N}; min of {_CALLS.value} calls per round, '
         f'{_ROUNDS.value} rounds; median over rounds')
-  print(f'| layer | fixed ms | learned ms | extra ms | ratio (per-round range) '
+  print('| layer | fixed ms | learned ms | extra ms | ratio (per-round range) '
         '| executed ops fixed / learned |')
   print('|---|---|---|---|---|---|')
   for name in layers:

@@ -1,0 +1,88 @@
+"""What ``benchmarks.run`` measures and what it must reach.
+
+The problem settings of the main table (full run and ``--quick``), the grids
+of the sweeps, the memory and learned-step-size sections, and the speed and
+memory targets with ``check_targets``, which evaluates them on a run's
+results. Plain data and pure Python: neither PyTorch nor JAX is imported.
+"""
+
+MiB = 2.0 ** 20
+
+# Problem settings of the main table (SPEC section 4). meta_lr/optimizer only
+# matter for the update's cost; the same optimizer runs on both sides.
+FULL = {
+    'sine': dict(num_tasks=25, num_support=10, num_inner_steps=3,
+                 num_directions=10, delta=1e-2, inner_lr=0.01, meta_lr=1e-3,
+                 optimizer='adam'),
+    'mf': dict(num_tasks=10, num_support=1, num_inner_steps=3, num_directions=10,
+               delta=1e-2, inner_lr=0.01, meta_lr=3e-3, optimizer='sgd'),
+}
+QUICK = {
+    'sine': dict(FULL['sine'], num_tasks=4, num_support=5, num_inner_steps=2,
+                 num_directions=2),
+    'mf': dict(FULL['mf'], num_tasks=4, num_inner_steps=2, num_directions=2),
+}
+# Grids sized so the full run stays ~10 min on a loaded 2-core CPU (each
+# GGS-MAML point is one XLA compile of ~5-20 s there).
+SWEEPS_FULL = {
+    'steps': dict(param='num_inner_steps', values=[1, 4, 8, 16, 32],
+                  algorithms=['maml', 'ggs_maml'],
+                  torch_algorithms=['maml', 'ggs_maml']),
+    'directions': dict(param='num_directions', values=[1, 10, 25, 50, 100],
+                       algorithms=['ggs_maml'], torch_algorithms=['ggs_maml']),
+    'tasks': dict(param='num_tasks', values=[5, 25, 50, 100, 200],
+                  algorithms=['maml', 'ggs_maml'],
+                  torch_algorithms=['maml', 'ggs_maml']),
+}
+SWEEPS_QUICK = {
+    'steps': dict(SWEEPS_FULL['steps'], values=[1, 2], algorithms=['maml'],
+                  torch_algorithms=['maml']),
+    'directions': dict(SWEEPS_FULL['directions'], values=[1, 2],
+                       algorithms=['ggs_maml'], torch_algorithms=['ggs_maml']),
+    'tasks': dict(SWEEPS_FULL['tasks'], values=[2, 4], algorithms=['maml'],
+                  torch_algorithms=[]),
+}
+MEMORY_FULL = dict(width=1000, num_directions=10, steps=[1, 16, 64, 256],
+                   rss_steps=[16, 256], algorithms=['maml', 'ggs_maml'],
+                   rss_configs=['maml', 'maml+remat', 'ggs_maml+remat'])
+MEMORY_QUICK = dict(width=32, num_directions=2, steps=[4, 16], rss_steps=[16],
+                    algorithms=['maml'], rss_configs=['maml+remat'])
+# Learned vs fixed inner step size (sine setting of the main table).
+LEARNED_LR_FULL = dict(problem='sine', algorithms=['maml', 'ggs_maml'],
+                       kind='per_parameter', modes=['step', 'fused'])
+LEARNED_LR_QUICK = dict(LEARNED_LR_FULL, modes=['step'])
+TARGETS = {  # (problem, algorithm): minimum speedup of fused maml_jax
+    'fused_vs_torch_loop': {'maml': 30.0, 'ggs_maml': 25.0},
+    'fused_vs_best_torch': {'maml': 10.0, 'ggs_maml': 10.0},
+    'remat_peak_ratio_256_vs_16': 4.0,
+    # Maximum time ratio learned / fixed step size, per meta-iteration.
+    'learned_lr_overhead': 1.15,
+}
+
+
+def check_targets(results):
+  """Each target that ``results`` has the measurements for: target, measured, met."""
+  checks = []
+  for row in results.get('main', []):
+    if row['problem'] != 'sine':
+      continue
+    for name in ('fused_vs_torch_loop', 'fused_vs_best_torch'):
+      target = TARGETS[name].get(row['algorithm'])
+      if target is not None:
+        got = row['speedup'][name]
+        checks.append({'target': f'sine {row["algorithm"]} {name} >= {target:g}x',
+                       'measured': got, 'met': got >= target})
+  limit = TARGETS['learned_lr_overhead']
+  for row in results.get('learned_lr', []):
+    if row['problem'] == 'sine':
+      checks.append({'target': f'sine {row["algorithm"]} {row["mode"]} learned '
+                               f'{row["kind"]} / fixed step size <= {limit:g}x',
+                     'measured': row['ratio'], 'met': row['ratio'] <= limit})
+  ratios = results.get('memory', {}).get('ratio_256_vs_16', {})
+  for label, ratio in ratios.items():
+    if label.endswith('+remat'):
+      limit = TARGETS['remat_peak_ratio_256_vs_16']
+      checks.append({'target': f'{label} peak(N=256)/peak(N=16) <= {limit:g}',
+                     'measured': ratio, 'met': ratio <= limit})
+  return checks
+

@@ -1,0 +1,288 @@
+"""Rebuilds a benchmark report from its results JSON: markdown tables and plots.
+
+    python -m benchmarks.report benchmarks/results/latest.json
+    python -m benchmarks.report results/latest.json   # relative to benchmarks/
+    python -m benchmarks.report latest                # benchmarks/results/latest.json
+
+Writes ``<stem>.md`` (and, with ``--plots``, the PNG plots) next to the JSON or
+in ``--out_dir``, and prints the markdown. ``python -m benchmarks.run`` writes
+its report with these same functions after measuring, so a report rebuilt from
+a run's JSON is the one that run wrote. Only the JSON is read: this module
+imports neither PyTorch nor JAX (matplotlib only for the plots) and measures
+nothing.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from benchmarks import configs
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _fmt(x, digits=2):
+  if x is None:
+    return '-'
+  if isinstance(x, float):
+    return f'{x:.{digits}f}'
+  return str(x)
+
+
+def cfg_rounds(results):
+  """Rounds of the interleaved timings of the run that wrote ``results``."""
+  return results['meta']['config']['rounds']
+
+
+def markdown(results):
+  """The markdown report of a run's ``results`` (the dict its JSON holds)."""
+  meta = results['meta']
+  lines = [f'# maml_jax benchmark results ({meta["name"]})', '',
+           f'- Command: `{meta["command"]}`',
+           f'- Date (UTC): {meta["date"]}; wall time {meta["wall_s"]:.0f} s',
+           f'- Git commit: {meta.get("git_commit")}',
+           f'- JAX {meta["jax"]} on {meta["jax_devices"]}; PyTorch {meta["torch"]} '
+           f'(CPU, {meta["torch_threads"]} threads); {meta["cpu_count"]} CPUs '
+           f'({meta["processor"]})',
+           f'- Load average at start / end: {meta["load_start"]} / {meta["load_end"]}',
+           '- Seconds per section: ' + ', '.join(
+               f'{k} {v:.0f}' for k, v in meta['section_s'].items()),
+           f'- XLA fast compile (backend optimizations off): {meta["fast_compile"]}',
+           '- Times are medians over repeats, ms per meta-iteration (meta-gradient '
+           'of the task batch + optimizer update).', '']
+  if results.get('agreement'):
+    lines += ['## Agreement with PyTorch (same params, tasks, directions)', '',
+              '| problem | algorithm | torch impl | dtype | max rel. err (per task) '
+              '| rel. err (task mean) | ok |', '|---|---|---|---|---|---|---|']
+    for r in results['agreement']:
+      mean = '-' if r['mean_rel_err'] is None else f'{r["mean_rel_err"]:.1e}'
+      lines.append(f'| {r["problem"]} | {r["algorithm"]} | {r["impl"]} | {r["dtype"]} '
+                   f'| {r["max_rel_err"]:.1e} | {mean} | {r["ok"]} |')
+    lines.append('')
+  if results.get('main'):
+    lines += ['## Time per meta-iteration', '',
+              f'Every implementation of a row is timed in turn, in {cfg_rounds(results)} '
+              'rounds, so that load drift hits all of them; ms are medians over all '
+              'calls, speedups are the median of the per-round ratios, with their '
+              'range over the rounds in brackets.', '',
+              '| problem | algorithm | torch loop ms | torch.func ms | jax step ms '
+              '| jax fused ms | fused vs loop | fused vs best torch | step vs loop '
+              '| compile s (step / fused) | XLA peak MiB (step) | torch threads (loop / func) |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|']
+
+    def speedup(r, name):
+      st = r['speedup_stats'][name]
+      return f'{st["round_median"]:.1f}x ({st["round_min"]:.1f}-{st["round_max"]:.1f})'
+
+    for r in results['main']:
+      xla = r['jax_step']['xla_memory'].get('peak')
+      lines.append(
+          f'| {r["problem"]} | {r["algorithm"]} | {r["torch_loop"]["ms"]:.2f} '
+          f'| {r["torch_func"]["ms"]:.2f} | {r["jax_step"]["ms"]:.3f} '
+          f'| {r["jax_fused"]["ms"]:.3f} | {speedup(r, "fused_vs_torch_loop")} '
+          f'| {speedup(r, "fused_vs_best_torch")} | {speedup(r, "step_vs_torch_loop")} '
+          f'| {r["jax_step"]["compile_s"]:.1f} / {r["jax_fused"]["compile_s"]:.1f} '
+          f'| {_fmt(None if xla is None else xla / configs.MiB, 3)} '
+          f'| {r["torch_loop"]["threads"]} / {r["torch_func"]["threads"]} |')
+    lines += ['', 'Peak RSS while each implementation ran its first round (MiB; process '
+              'high-water mark reset before it; increase over the RSS at its start in '
+              'brackets):', '',
+              '| problem | algorithm | torch loop | torch.func | jax step | jax fused |',
+              '|---|---|---|---|---|---|']
+    for r in results['main']:
+      cells = []
+      for k in ('torch_loop', 'torch_func', 'jax_step', 'jax_fused'):
+        cells.append(f'{_fmt(r[k]["rss_peak_mib"], 0)} (+{_fmt(r[k]["rss_increase_mib"], 1)})')
+      lines.append(f'| {r["problem"]} | {r["algorithm"]} | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+  for name in ('steps', 'directions', 'tasks'):
+    sw = results.get('sweeps', {}).get(name)
+    if not sw:
+      continue
+    lines += [f'## Time vs {sw["param"]} ({sw["problem"]}; jax = jitted step, '
+              'torch = loop)', '']
+    algos = list(sw['jax_step_ms'])
+    talgos = list(sw['torch_loop_ms'])
+    lines.append('| ' + sw['param'] + ' | ' + ' | '.join(
+        [f'jax {a} ms' for a in algos] + [f'torch {a} ms' for a in talgos]) + ' |')
+    lines.append('|---' * (1 + len(algos) + len(talgos)) + '|')
+    for i, v in enumerate(sw['values']):
+      cells = [f'{sw["jax_step_ms"][a][i]:.3f}' for a in algos]
+      cells += [f'{sw["torch_loop_ms"][a][i]:.1f}' for a in talgos]
+      lines.append(f'| {v} | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+    for side, fits in (('jax', sw['fit_jax']), ('torch loop', sw['fit_torch'])):
+      for a, fit in fits.items():
+        if fit:
+          lines.append(f'- Linear fit, {side} {a}: {fit["slope_ms"]:.4g} ms per unit '
+                       f'of {sw["param"]} + {fit["intercept_ms"]:.4g} ms, '
+                       f'R^2 = {fit["r2"]:.4f}')
+    lines.append('')
+  mem = results.get('memory')
+  if mem:
+    labels = list(mem['analysis_mib'])
+    lines += [f'## Peak memory of one task\'s meta-gradient vs N (MLP 1-{mem["width"]}-'
+              f'{mem["width"]}-1, {mem["num_params"]:,} parameters, b = '
+              f'{mem["num_directions"]} for GGS)', '',
+              'XLA compiled memory analysis, arguments + outputs + temporaries (MiB):', '',
+              '| N | ' + ' | '.join(labels) + ' |', '|---' * (1 + len(labels)) + '|']
+    for i, n in enumerate(mem['steps']):
+      lines.append(f'| {n} | ' + ' | '.join(
+          f'{mem["analysis_mib"][l][i]:.1f}' for l in labels) + ' |')
+    if mem.get('ratio_256_vs_16'):
+      lines += ['', 'Ratio peak(N=256) / peak(N=16): ' + ', '.join(
+          f'{k} {v:.2f}x' for k, v in mem['ratio_256_vs_16'].items())]
+    lines += ['', 'Measured in a fresh subprocess per configuration (compile, reset the '
+              'RSS high-water mark, run once): peak RSS increase during the run, MiB:', '',
+              '| configuration | N | RSS increase MiB | run s |', '|---|---|---|---|']
+    for label, per_n in mem['rss'].items():
+      for n, r in per_n.items():
+        if 'error' in r:
+          lines.append(f'| {label} | {n} | error | - |')
+        else:
+          lines.append(f'| {label} | {n} | {_fmt(r["rss_increase_mib"], 1)} '
+                       f'| {r["run_s"]:.2f} |')
+    lines.append('')
+  if results.get('learned_lr'):
+    lines += ['## Learned vs fixed inner step size', '',
+              'Meta-SGD (params = `mj.LearnedInnerLR(params, mj.init_inner_lr('
+              'params, alpha, kind))`, alpha trained by the same Adam) against '
+              'the same estimator with alpha fixed. ms per meta-iteration (step: '
+              'jitted train step on a fixed batch; fused: `mj.make_fused_train`), '
+              f'both variants timed in turn in {cfg_rounds(results)} rounds; ratio '
+              '= learned ms / fixed ms, with the median and range of the '
+              'per-round ratios in brackets.', '',
+              '| problem | algorithm | alpha | timed | fixed ms | learned ms | ratio '
+              '| per-round ratio | compile s (fixed / learned) '
+              '| XLA peak MiB (fixed / learned) |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+    for r in results['learned_lr']:
+      st = r['ratio_stats']
+      mib = [r[k]['xla_memory'].get('peak') for k in ('fixed', 'learned')]
+      lines.append(
+          f'| {r["problem"]} | {r["algorithm"]} | {r["kind"]} | {r["mode"]} '
+          f'| {r["fixed"]["ms"]:.3f} | {r["learned"]["ms"]:.3f} | {r["ratio"]:.3f} '
+          f'| {st["round_median"]:.3f} ({st["round_min"]:.3f}-{st["round_max"]:.3f}) '
+          f'| {r["fixed"]["compile_s"]:.1f} / {r["learned"]["compile_s"]:.1f} '
+          '| ' + ' / '.join(_fmt(None if m is None else m / configs.MiB, 3) for m in mib)
+          + ' |')
+    lines.append('')
+  lines += ['## Targets', '']
+  if not results.get('targets'):
+    lines += ['Not evaluated: they need the sine rows of the main table, the '
+              'memory sweep at N = 16 and 256 or the learned_lr section (the '
+              'full run).', '']
+  else:
+    if meta['quick'] or meta['fast_compile']:
+      lines += ['(Smoke-run shapes or unoptimized XLA: these do NOT evaluate the '
+                'targets, which are defined for the full run.)', '']
+    lines += ['| target | measured | met |', '|---|---|---|']
+    for t in results['targets']:
+      lines.append(f'| {t["target"]} | {t["measured"]:.2f} | {t["met"]} |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def plots(results, out_dir, stem):
+  """Writes the sweep and memory plots as ``<out_dir>/<stem>_*.png``; returns their paths."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  written = []
+  for name, sw in results.get('sweeps', {}).items():
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
+    for a, ms in sw['jax_step_ms'].items():
+      ax.plot(sw['values'], ms, 'o-', label=f'maml_jax {a}')
+    for a, ms in sw['torch_loop_ms'].items():
+      ax.plot(sw['values'], ms, 's--', label=f'PyTorch loop {a}')
+    ax.set_xlabel(sw['param'])
+    ax.set_ylabel('ms / meta-iteration')
+    ax.set_yscale('log')
+    ax.set_title(f'{sw["problem"]}: time vs {sw["param"]}')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f'{stem}_time_vs_{name}.png')
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+  mem = results.get('memory')
+  if mem:
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
+    for label, mib in mem['analysis_mib'].items():
+      ax.plot(mem['steps'], mib, 'o-' if 'remat' in label else 's--', label=label)
+    ax.set_xscale('log', base=2)
+    ax.set_yscale('log')
+    ax.set_xlabel('inner steps N')
+    ax.set_ylabel('peak MiB (XLA analysis)')
+    ax.set_title(f'one task, MLP 1-{mem["width"]}-{mem["width"]}-1')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f'{stem}_memory_vs_steps.png')
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+def write_markdown(results, out_dir, stem):
+  """Writes ``<out_dir>/<stem>.md`` and returns the markdown."""
+  md = markdown(results)
+  with open(os.path.join(out_dir, f'{stem}.md'), 'w') as f:
+    f.write(md + '\n')
+  return md
+
+
+def resolve(path):
+  """The results JSON ``path`` names: a path, one relative to benchmarks/, or a stem.
+
+  ``latest`` and ``results/latest.json`` both name
+  ``benchmarks/results/latest.json``.
+  """
+  candidates = [path, os.path.join(_HERE, path)]
+  if not path.endswith('.json'):
+    candidates.append(os.path.join(_HERE, 'results', path + '.json'))
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(f'no results JSON at {path!r} (tried {candidates})')
+
+
+def rebuild(path, *, out_dir=None, with_plots=True):
+  """Rebuilds the report of the results JSON at ``path`` (see ``resolve``).
+
+  Returns:
+    The markdown, also written to ``<out_dir>/<stem>.md``; ``out_dir``
+    defaults to the JSON's directory and ``stem`` is the JSON's file name
+    without ``.json``.
+  """
+  path = resolve(path)
+  with open(path) as f:
+    results = json.load(f)
+  out_dir = out_dir or os.path.dirname(os.path.abspath(path))
+  os.makedirs(out_dir, exist_ok=True)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  if with_plots:
+    plots(results, out_dir, stem)
+  return write_markdown(results, out_dir, stem)
+
+
+def define_flags():
+  """The command line's flags (not defined on import: ``benchmarks.run``
+  imports this module and has flags of the same names)."""
+  flags.DEFINE_string('out_dir', None,
+                      'Where the report goes (default: the directory of the JSON).')
+  flags.DEFINE_bool('plots', True, 'Also redraw the PNG plots.')
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError('usage: python -m benchmarks.report RESULTS.json [...]')
+  for path in argv[1:]:
+    print(rebuild(path, out_dir=flags.FLAGS.out_dir, with_plots=flags.FLAGS.plots))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

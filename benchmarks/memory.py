@@ -46,7 +46,8 @@ def mlp_loss(params, batch):
 
 
 def num_params(width: int) -> int:
-  return 3 * width + width * width + 1
+  """Parameters of the MLP 1-W-W-1: W + W (layer 0), W^2 + W, W + 1."""
+  return width * width + 4 * width + 1
 
 
 def setup(algorithm: str, num_inner_steps: int, remat: bool, *, width: int,

@@ -1,8 +1,11 @@
 """Smoke test: ``python -m benchmarks.run --quick`` runs end to end and writes its results.
 
 Runs the CLI in a subprocess (a fresh JAX, as a user would run it) with tiny
-shapes and XLA backend optimizations off, then checks the JSON, the markdown
-and the plots. Timings are not checked: the machine may be shared.
+shapes and XLA backend optimizations off, then checks the structure and the
+internal consistency of the JSON (every configured row present; medians,
+ratios and fits are those of the times it reports), the markdown and the
+plots, and that ``benchmarks.report`` rebuilds the same markdown from the JSON
+alone. Timing values are not checked: the machine may be shared.
 """
 
 import json
@@ -11,6 +14,8 @@ import statistics
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 pytest.importorskip('torch')
@@ -33,66 +38,162 @@ def quick_results(tmp_path_factory):
     return out_dir, json.load(f), proc.stdout
 
 
+def _product(*axes):
+  """The (problem, algorithm, ...) row keys a config asks for, in run order."""
+  keys = [()]
+  for axis in axes:
+    keys = [k + (v,) for k in keys for v in axis]
+  return keys
+
+
+def _chunks(xs, n):
+  return [xs[i:i + n] for i in range(0, len(xs), n)]
+
+
 def test_agreement_section(quick_results):
+  """One row per problem, algorithm and torch implementation; ok means <= 1e-4."""
   _, res, _ = quick_results
+  cfg = res['meta']['config']
+  assert set(cfg['algorithms']) == set(ALGORITHMS)
   rows = res['agreement']
-  assert {r['algorithm'] for r in rows} == set(ALGORITHMS)
+  assert [(r['problem'], r['algorithm'], r['impl']) for r in rows] == _product(
+      cfg['problems'], cfg['algorithms'], cfg['agreement_impls'])
   for r in rows:
-    assert r['ok'], r
-    assert r['max_rel_err'] <= 1e-4
+    assert r['ok'] and r['all_finite'], r
+    assert 0 <= r['max_rel_err'] <= 1e-4
+    assert r['dtype'] == 'float32'
+    # --quick checks the task mean of GGS-MAML only (the other means are the
+    # same vmapped code).
+    assert (r['mean_rel_err'] is not None) == (r['algorithm'] == 'ggs_maml'), r
+    if r['mean_rel_err'] is not None:
+      assert 0 <= r['mean_rel_err'] <= 1e-4
 
 
 def test_main_table(quick_results):
+  """Every row present; ms, per-round medians and speedups are the quotients
+  and medians of the times the JSON itself reports."""
   _, res, _ = quick_results
+  cfg = res['meta']['config']
   rows = res['main']
-  assert {r['algorithm'] for r in rows} == set(ALGORITHMS)
+  assert [(r['problem'], r['algorithm']) for r in rows] == _product(
+      cfg['problems'], cfg['algorithms'])
+  calls = {'torch_loop': cfg['torch_repeats'], 'torch_func': cfg['torch_repeats'],
+           'jax_step': cfg['repeats'], 'jax_fused': cfg['fused_repeats']}
   for r in rows:
-    for impl in ('torch_loop', 'torch_func', 'jax_step', 'jax_fused'):
-      assert r[impl]['ms'] > 0, (r['algorithm'], impl)
-    assert r['jax_step']['compile_s'] > 0
+    assert r['hparams'] == cfg['hp'][r['problem']]
+    for impl, n in calls.items():
+      t = r[impl]
+      assert len(t['times_ms']) == cfg['rounds'] * n, (r['algorithm'], impl)
+      assert all(x > 0 for x in t['times_ms'])
+      assert t['ms'] == pytest.approx(statistics.median(t['times_ms']))
+      assert t['round_ms'] == pytest.approx(
+          [statistics.median(c) for c in _chunks(t['times_ms'], n)])
+      assert t['rss_peak_mib'] > 0
+    for impl in ('torch_loop', 'torch_func'):  # the best thread count's times
+      t = r[impl]
+      assert list(t['by_threads']) == [str(n) for n in cfg['torch_threads']]
+      assert t['ms'] == min(t['by_threads'].values())
+      assert t['by_threads'][str(t['threads'])] == t['ms']
+    best = r['torch_' + r['best_torch']['impl']]
+    assert r['best_torch']['ms'] == best['ms'] == min(r['torch_loop']['ms'],
+                                                      r['torch_func']['ms'])
+    assert r['jax_fused']['num_iterations'] == cfg['fused_iterations']
     assert r['jax_fused']['params_finite']
-    assert r['jax_step']['xla_memory']['peak'] > 0
-    assert r['best_torch']['ms'] == min(r['torch_loop']['ms'], r['torch_func']['ms'])
-    for impl in ('torch_loop', 'torch_func', 'jax_step', 'jax_fused'):
-      assert len(r[impl]['round_ms']) == 2, (r['algorithm'], impl)
-    per_round = [a / b for a, b in zip(r['torch_loop']['round_ms'],
-                                       r['jax_fused']['round_ms'])]
-    st = r['speedup_stats']['fused_vs_torch_loop']
-    assert r['speedup']['fused_vs_torch_loop'] == pytest.approx(statistics.median(per_round))
-    assert st['round_min'] <= st['round_median'] <= st['round_max']
-    assert st['ratio'] == pytest.approx(r['torch_loop']['ms'] / r['jax_fused']['ms'])
+    for impl in ('jax_step', 'jax_fused'):
+      assert r[impl]['compile_s'] > 0
+      xla = r[impl]['xla_memory']
+      assert xla['peak'] == xla['argument'] + xla['output'] + xla['temp'] - xla['alias'] > 0
+    pairs = {'fused_vs_torch_loop': (r['torch_loop'], r['jax_fused']),
+             'fused_vs_best_torch': (best, r['jax_fused']),
+             'step_vs_torch_loop': (r['torch_loop'], r['jax_step']),
+             'step_vs_best_torch': (best, r['jax_step'])}
+    assert set(r['speedup_stats']) == set(r['speedup']) == set(pairs)
+    for name, (num, den) in pairs.items():
+      st = r['speedup_stats'][name]
+      assert st['ratio'] == pytest.approx(num['ms'] / den['ms'])
+      assert st['per_round'] == pytest.approx(
+          [a / b for a, b in zip(num['round_ms'], den['round_ms'])])
+      assert len(st['per_round']) == cfg['rounds']
+      assert st['round_median'] == pytest.approx(statistics.median(st['per_round']))
+      assert (st['round_min'], st['round_max']) == (min(st['per_round']),
+                                                    max(st['per_round']))
+      assert r['speedup'][name] == st['round_median']
 
 
 def test_sweeps_and_fits(quick_results):
+  """Each sweep has the configured grid and algorithms; the fits are those of
+  the times reported."""
   _, res, _ = quick_results
-  for name in ('steps', 'directions', 'tasks'):
+  cfg = res['meta']['config']
+  assert list(res['sweeps']) == ['steps', 'directions', 'tasks']
+  for name, spec in cfg['sweeps'].items():
     sw = res['sweeps'][name]
-    for algorithm, ms in sw['jax_step_ms'].items():
-      assert len(ms) == len(sw['values']) and all(t > 0 for t in ms)
-      assert 'slope_ms' in sw['fit_jax'][algorithm]
+    assert (sw['param'], sw['values'], sw['problem']) == (
+        spec['param'], spec['values'], cfg['sweep_problem'])
+    assert list(sw['jax_step_ms']) == list(sw['fit_jax']) == spec['algorithms']
+    assert list(sw['compile_s']) == spec['algorithms']
+    assert list(sw['torch_loop_ms']) == list(sw['fit_torch']) == (
+        spec['torch_algorithms'] if cfg['sweep_torch'] else [])
+    for times, fits in ((sw['jax_step_ms'], sw['fit_jax']),
+                        (sw['torch_loop_ms'], sw['fit_torch'])):
+      for algorithm, ms in times.items():
+        assert len(ms) == len(sw['values']) and all(t > 0 for t in ms), algorithm
+        slope, intercept = np.polyfit(sw['values'], ms, 1)
+        fit = fits[algorithm]
+        assert fit['slope_ms'] == pytest.approx(slope)
+        assert fit['intercept_ms'] == pytest.approx(intercept, abs=1e-9)
+        assert fit['r2'] == pytest.approx(1.0)  # two points: an exact line
+    for comp in sw['compile_s'].values():
+      assert len(comp) == len(sw['values']) and all(c > 0 for c in comp)
 
 
 def test_memory_section(quick_results):
+  """Every configured label and N; the subprocess probes compiled the same
+  programs as the in-process analysis."""
   _, res, _ = quick_results
+  spec = res['meta']['config']['memory']
   mem = res['memory']
-  for label, peaks in mem['analysis_mib'].items():
-    assert len(peaks) == len(mem['steps']) and all(p > 0 for p in peaks), label
-  probes = [r for per_n in mem['rss'].values() for r in per_n.values()]
-  assert probes and all('error' not in r for r in probes), probes
-  assert all(r['analysis']['peak'] > 0 for r in probes)
+  assert (mem['width'], mem['num_directions'], mem['steps']) == (
+      spec['width'], spec['num_directions'], spec['steps'])
+  from benchmarks import memory  # pylint: disable=g-import-not-at-top
+  shapes = jax.eval_shape(lambda k: memory.mlp_params(k, spec['width']),
+                          jax.random.PRNGKey(0))
+  assert mem['num_params'] == sum(x.size for x in jax.tree.leaves(shapes))
+  labels = [a + s for a in spec['algorithms'] for s in ('', '+remat')]
+  assert list(mem['analysis_mib']) == list(mem['temp_mib']) == list(mem['rss']) == labels
+  for label in labels:
+    peaks, temps = mem['analysis_mib'][label], mem['temp_mib'][label]
+    assert len(peaks) == len(temps) == len(mem['steps'])
+    assert all(p >= t > 0 for p, t in zip(peaks, temps)), label
+    probed = spec['rss_steps'] if label in spec['rss_configs'] else []
+    assert list(mem['rss'][label]) == [str(n) for n in probed]
+    for n, probe in mem['rss'][label].items():
+      assert 'error' not in probe, probe
+      assert probe['analysis']['peak'] / 2.0 ** 20 == pytest.approx(
+          peaks[mem['steps'].index(int(n))])
+      assert probe['run_s'] > 0 and probe['rss_peak_mib'] > 0
+  assert any(mem['rss'].values())
+  has_ratio = 16 in mem['steps'] and 256 in mem['steps']
+  assert ('ratio_256_vs_16' in mem) == has_ratio
 
 
 def test_learned_lr_section(quick_results):
   """Meta-SGD vs fixed step size: both variants per row, consistent ratios."""
   _, res, _ = quick_results
+  cfg = res['meta']['config']
+  spec = cfg['learned_lr']
   rows = res['learned_lr']
+  assert [(r['algorithm'], r['mode']) for r in rows] == _product(
+      spec['algorithms'], spec['modes'])
   assert [(r['algorithm'], r['mode']) for r in rows] == [('maml', 'step'),
                                                          ('ggs_maml', 'step')]
   for r in rows:
     assert r['problem'] == 'sine' and r['kind'] == 'per_parameter'
+    assert r['hparams'] == cfg['hp']['sine']
     for variant in ('fixed', 'learned'):
       assert r[variant]['ms'] > 0 and r[variant]['compile_s'] > 0, variant
-      assert len(r[variant]['round_ms']) == 2, variant
+      assert len(r[variant]['round_ms']) == cfg['rounds'], variant
+      assert len(r[variant]['times_ms']) == cfg['rounds'] * cfg['repeats'], variant
       assert r[variant]['ms'] == pytest.approx(
           statistics.median(r[variant]['times_ms']))
     assert r['ratio'] == pytest.approx(r['learned']['ms'] / r['fixed']['ms'])
@@ -101,21 +202,112 @@ def test_learned_lr_section(quick_results):
     assert st['per_round'] == pytest.approx(
         [a / b for a, b in zip(r['learned']['round_ms'], r['fixed']['round_ms'])])
     assert st['round_median'] == pytest.approx(statistics.median(st['per_round']))
-  # One target per row, on the ratio reported.
-  targets = [t for t in res['targets'] if 'step size' in t['target']]
-  assert [t['measured'] for t in targets] == [r['ratio'] for r in rows]
-  assert all(t['met'] == (t['measured'] <= 1.15) for t in targets)
+
+
+def test_targets(quick_results):
+  """The targets are those of the results written (recomputed from the JSON):
+  in the quick run, one per learned_lr row, on the ratio that row reports."""
+  from benchmarks import configs  # pylint: disable=g-import-not-at-top
+  _, res, _ = quick_results
+  assert res['targets'] == configs.check_targets(res)
+  limit = configs.TARGETS['learned_lr_overhead']
+  assert res['targets'] == [
+      {'target': f'sine {r["algorithm"]} {r["mode"]} learned {r["kind"]} / fixed '
+                 f'step size <= {limit:g}x',
+       'measured': r['ratio'], 'met': r['ratio'] <= limit}
+      for r in res['learned_lr']]
+
+
+def test_check_targets_names_every_target():
+  """On results of the full run's shape, every target gets a row: the sine
+  speedups of the algorithms that have one, each learned_lr row, each remat
+  memory ratio; other problems, algorithms and labels get none."""
+  from benchmarks import configs  # pylint: disable=g-import-not-at-top
+  speedup = {'fused_vs_torch_loop': 40.0, 'fused_vs_best_torch': 5.0}
+  results = {
+      'main': [{'problem': p, 'algorithm': a, 'speedup': speedup}
+               for p in ('sine', 'mf') for a in ('maml', 'fo_maml', 'ggs_maml')],
+      'learned_lr': [{'problem': 'sine', 'algorithm': 'maml', 'mode': m,
+                      'kind': 'per_parameter', 'ratio': q}
+                     for m, q in (('step', 1.1), ('fused', 1.2))],
+      'memory': {'ratio_256_vs_16': {'maml': 12.0, 'maml+remat': 3.0,
+                                     'ggs_maml+remat': 4.5}},
+  }
+  checks = configs.check_targets(results)
+  assert [(c['target'], c['measured'], c['met']) for c in checks] == [
+      ('sine maml fused_vs_torch_loop >= 30x', 40.0, True),
+      ('sine maml fused_vs_best_torch >= 10x', 5.0, False),
+      ('sine ggs_maml fused_vs_torch_loop >= 25x', 40.0, True),
+      ('sine ggs_maml fused_vs_best_torch >= 10x', 5.0, False),
+      ('sine maml step learned per_parameter / fixed step size <= 1.15x', 1.1, True),
+      ('sine maml fused learned per_parameter / fixed step size <= 1.15x', 1.2, False),
+      ('maml+remat peak(N=256)/peak(N=16) <= 4', 3.0, True),
+      ('ggs_maml+remat peak(N=256)/peak(N=16) <= 4', 4.5, False),
+  ]
+  assert configs.check_targets({}) == []
 
 
 def test_outputs_written(quick_results):
   out_dir, res, stdout = quick_results
   md = (out_dir / 'quick.md').read_text()
-  assert '## Time per meta-iteration' in md and '## Targets' in md
-  assert '## Learned vs fixed inner step size' in md
-  assert '## Time per meta-iteration' in stdout
+  for section in ('## Agreement with PyTorch', '## Time per meta-iteration',
+                  '## Time vs num_inner_steps', '## Time vs num_directions',
+                  '## Time vs num_tasks', '## Peak memory', '## Learned vs fixed',
+                  '## Targets'):
+    assert md.count(section) == 1, section
+  assert stdout.startswith(md)  # run prints the report it writes
+  # One table line per row of the JSON.
+  sections = {part.split('\n', 1)[0]: part for part in md.split('\n## ')[1:]}
+  agreement = sections['Agreement with PyTorch (same params, tasks, directions)']
+  for r in res['agreement']:
+    assert agreement.count(f'| {r["problem"]} | {r["algorithm"]} | {r["impl"]} |') == 1
+  times = sections['Time per meta-iteration']
+  for r in res['main']:  # the time table and the RSS table
+    assert times.count(f'| {r["problem"]} | {r["algorithm"]} | ') == 2
+  assert times.count('\n| ') == 2 * (1 + len(res['main']))  # + header lines
+  targets = sections['Targets']
+  for t in res['targets']:
+    assert targets.count(f'| {t["target"]} | {t["measured"]:.2f} | {t["met"]} |') == 1
+  assert res['plots'] == [f'quick_time_vs_{name}.png' for name in res['sweeps']] + [
+      'quick_memory_vs_steps.png']
   for name in res['plots']:
     assert (out_dir / name).stat().st_size > 0
-  assert res['meta']['quick'] and res['meta']['command'].endswith(f'--out_dir={out_dir}')
+  assert res['meta']['quick'] and res['meta']['name'] == 'quick'
+  assert res['meta']['command'].endswith(f'--out_dir={out_dir}')
+  assert list(res['meta']['section_s']) == res['meta']['config']['sections']
+
+
+def test_report_rebuilds_the_run_report_without_torch(quick_results, tmp_path):
+  """``python -m benchmarks.report quick.json`` writes the very markdown the
+  run wrote, and the plots, importing neither PyTorch nor JAX."""
+  out_dir, res, _ = quick_results
+  code = ('import runpy, sys\n'
+          f'sys.argv = ["report", {str(out_dir / "quick.json")!r}, '
+          f'"--out_dir={tmp_path}"]\n'
+          'try:\n'
+          '  runpy.run_module("benchmarks.report", run_name="__main__")\n'
+          'except SystemExit as e:\n'
+          '  assert not e.code, e.code\n'
+          'loaded = [m for m in ("torch", "jax") if m in sys.modules]\n'
+          'assert not loaded, loaded\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  md = (out_dir / 'quick.md').read_text()
+  assert (tmp_path / 'quick.md').read_text() == md
+  assert proc.stdout == md
+  assert sorted(os.listdir(tmp_path)) == sorted(['quick.md'] + res['plots'])
+
+
+def test_report_rebuilds_the_committed_results(tmp_path):
+  """The committed full-run reports are what their JSON rebuilds to."""
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  for stem in ('latest', 'learned_lr'):
+    md = report.rebuild(stem, out_dir=str(tmp_path), with_plots=False)
+    with open(os.path.join(REPO, 'benchmarks', 'results', f'{stem}.md')) as f:
+      assert md + '\n' == f.read(), stem
+  with pytest.raises(FileNotFoundError):
+    report.resolve('no_such_results')
 
 
 def test_interleaved_alternates_cases():

@@ -38,8 +38,9 @@ import maml_jax as mj
 from experiments.rl import brax_envs
 from experiments.rl import envs
 from experiments.rl import metarl
+from experiments.rl import registry
 
-flags.DEFINE_enum('env', 'navigation2d', sorted(envs.ENVS),
+flags.DEFINE_enum('env', 'navigation2d', sorted(registry.ENVS),
                   'Environment. The NumPy loop baseline exists for navigation2d '
                   "only; HalfCheetah needs the '.[brax]' extra.")
 flags.DEFINE_enum('brax_backend', 'generalized', list(brax_envs.BACKENDS),
@@ -101,8 +102,8 @@ def main(argv):
   del argv
   if FLAGS.env.startswith('halfcheetah'):
     brax_envs.use_cpu_xla_workaround()
-  kwargs = envs.env_kwargs(FLAGS.env, brax_backend=FLAGS.brax_backend)
-  env = envs.make_env(FLAGS.env, **kwargs)
+  kwargs = registry.env_kwargs(FLAGS.env, brax_backend=FLAGS.brax_backend)
+  env = registry.make_env(FLAGS.env, **kwargs)
   T, E = FLAGS.num_tasks, FLAGS.num_episodes
   steps = T * E * env.horizon
   results = {'env': FLAGS.env, 'env_kwargs': kwargs,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments.rl import brax_envs
-from experiments.rl import envs
+from experiments.rl import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +44,27 @@ def test_cpu_xla_workaround_adds_its_flag_once(monkeypatch):
   assert brax_envs.use_cpu_xla_workaround() == [f'{flag}=false']
 
 
+def test_env_modules_do_not_import_each_other():
+  """envs.py knows no HalfCheetah and no registry; brax_envs.py no Brax until used."""
+  code = ('import sys\n'
+          'from experiments.rl import envs\n'
+          'assert "experiments.rl.brax_envs" not in sys.modules\n'
+          'assert "experiments.rl.registry" not in sys.modules\n'
+          'from experiments.rl import registry\n'
+          'assert "brax" not in sys.modules\n'
+          'assert sorted(registry.ENVS) == '
+          '["halfcheetah_dir", "halfcheetah_vel", "navigation2d"]\n'
+          'assert registry.make_env("navigation2d", horizon=7).horizon == 7\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert registry.env_kwargs('navigation2d', horizon=5) == {'horizon': 5}
+  assert registry.env_kwargs('halfcheetah_dir', brax_backend='spring') == {
+      'backend': 'spring'}
+  with pytest.raises(ValueError, match='available'):
+    registry.make_env('cartpole')
+
+
 def test_task_rewards_by_hand():
   action = jnp.array([1.0, -1.0, 0.5, 0.0, 0.0, 0.0])  # ||a||^2 = 2.25
   ctrl = 0.05 * 2.25
@@ -66,7 +87,7 @@ def test_bad_arguments():
 @pytest.fixture(scope='module')
 def cheetah():
   pytest.importorskip('brax')
-  return envs.make_env('halfcheetah_vel', horizon=5, backend='spring')
+  return registry.make_env('halfcheetah_vel', horizon=5, backend='spring')
 
 
 def test_step_reward_is_the_velocity_task_reward(cheetah):

@@ -24,7 +24,6 @@ RESULTS.md); the launcher and ``benchmarks.rl_speed`` do this for HalfCheetah.
 
 import os
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -48,8 +47,12 @@ CPU_XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
 def use_cpu_xla_workaround():
   """Adds ``CPU_XLA_FLAGS`` to the XLA_FLAGS environment variable.
 
-  XLA reads the variable when JAX starts its backend, so call this before the
-  first JAX computation; afterwards it only logs a warning.
+  XLA reads the variable once, when JAX starts its backend (the first JAX
+  computation or device query), so call this first thing in ``main``, before
+  anything touches JAX, as the meta-RL launcher and ``benchmarks.rl_speed`` do;
+  called later it changes the variable but not the running XLA. (JAX has no
+  public API that tells whether the backend has started, so this cannot warn
+  about a late call.)
 
   Returns:
     The flags that were added (those already present are not repeated).
@@ -59,10 +62,6 @@ def use_cpu_xla_workaround():
   added = [f for f in CPU_XLA_FLAGS if f.split('=')[0] not in names]
   if added:
     os.environ['XLA_FLAGS'] = ' '.join(current + added)
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    if xla_bridge.backends_are_initialized():
-      logging.warning('JAX already started its backend, so %s has no effect; '
-                      'set XLA_FLAGS before the first JAX computation.', added)
   return added
 
 

@@ -4,7 +4,7 @@ An environment is a NamedTuple of pure functions over arrays (``Env``): a task
 (e.g. a goal position) is data, the state is a pytree, and ``step`` has no side
 effects, so whole batches of episodes are rolled out by ``jax.vmap`` over
 episodes and tasks and ``jax.lax.scan`` over time inside one ``jax.jit``
-(``experiments.rl.rollout``).
+(``experiments.rl.rollout``). Environments by name: ``experiments/rl/registry.py``.
 
 2D navigation (Finn et al. 2017, sec. 5.3; paper App. A): a point agent starts
 at the origin; the task is a goal g ~ U[-0.5, 0.5]^2; the action a is clipped
@@ -74,40 +74,6 @@ def navigation2d(horizon=NAV_HORIZON):
   """The 2D-navigation ``Env``."""
   return Env(sample_tasks=nav_sample_goals, reset=nav_reset, observe=nav_observe,
              step=nav_step, horizon=horizon, obs_dim=2, action_dim=2)
-
-
-def _halfcheetah(kind):
-  def make(**kwargs):
-    from experiments.rl import brax_envs  # pylint: disable=g-import-not-at-top
-    return brax_envs.halfcheetah(kind, **kwargs)
-  return make
-
-
-# HalfCheetah (experiments/rl/brax_envs.py) imports Brax only when created.
-ENVS = {'navigation2d': navigation2d,
-        'halfcheetah_vel': _halfcheetah('vel'),
-        'halfcheetah_dir': _halfcheetah('dir')}
-BRAX_ENVS = ('halfcheetah_vel', 'halfcheetah_dir')
-
-
-def env_kwargs(name, *, horizon=None, brax_backend='generalized'):
-  """``make_env`` keyword arguments of the launchers' flags for env ``name``."""
-  kwargs = {} if horizon is None else {'horizon': horizon}
-  if name in BRAX_ENVS:
-    kwargs['backend'] = brax_backend
-  return kwargs
-
-
-def make_env(name, **kwargs):
-  """Env by name (``kwargs`` go to its factory, e.g. ``horizon``, ``backend``).
-
-  Raises:
-    ValueError: for unknown names.
-    ImportError: for a Brax environment when Brax is not installed.
-  """
-  if name not in ENVS:
-    raise ValueError(f'unknown env {name!r}; available: {sorted(ENVS)}')
-  return ENVS[name](**kwargs)
 
 
 class NumpyNavigation2D:

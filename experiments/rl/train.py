@@ -34,9 +34,9 @@ import numpy as np
 import maml_jax as mj
 from experiments import common
 from experiments.rl import brax_envs
-from experiments.rl import envs as envs_lib
 from experiments.rl import metarl
 from experiments.rl import plots
+from experiments.rl import registry
 
 NAME = 'rl'
 # MAML-RL's 2D-navigation settings (SPEC section 4).
@@ -107,12 +107,12 @@ def resolve(name):
 def make_configs():
   """``(env, {algorithm: RLConfig}, settings)`` from the flags; fails fast."""
   env_name = FLAGS.env
-  if env_name not in envs_lib.ENVS:
+  if env_name not in registry.ENVS:
     raise app.UsageError(f'--env={env_name!r}: choose from '
-                         f'{sorted(envs_lib.ENVS)}')
+                         f'{sorted(registry.ENVS)}')
   if FLAGS.horizon is not None and FLAGS.horizon < 1:
     raise app.UsageError('--horizon must be a positive integer')
-  env_kwargs = envs_lib.env_kwargs(env_name, horizon=FLAGS.horizon,
+  env_kwargs = registry.env_kwargs(env_name, horizon=FLAGS.horizon,
                                    brax_backend=FLAGS.brax_backend)
   if FLAGS.sweep:
     raise app.UsageError('--sweep is not supported by the RL launcher')
@@ -173,7 +173,7 @@ def make_configs():
                   eval_every=resolve('eval_every'), eval_tasks=FLAGS.eval_tasks,
                   eval_steps=FLAGS.eval_steps)
   try:
-    env = envs_lib.make_env(env_name, **env_kwargs)
+    env = registry.make_env(env_name, **env_kwargs)
   except ImportError as e:  # Brax, an optional extra, is missing
     raise app.UsageError(f'--env={env_name}: {e} (see experiments/rl/RESULTS.md '
                          'for its speed on a CPU)') from None
@@ -238,7 +238,7 @@ def load_run(path):
   with open(os.path.join(path, 'config.json')) as f:
     config = json.load(f)
   settings = config['settings']
-  env = envs_lib.make_env(settings['env'], **settings.get('env_kwargs', {}))
+  env = registry.make_env(settings['env'], **settings.get('env_kwargs', {}))
   configs = {a: metarl.RLConfig(**dict(c, hidden=tuple(c['hidden'])))
              for a, c in config['rl_configs'].items()}
   metas = {a: metarl.build(env, c) for a, c in configs.items()}

@@ -396,6 +396,9 @@ def evaluate(meta: MetaRL, params, key, *, num_tasks, num_steps):
   goals = meta.env.sample_tasks(k_tasks, num_tasks)
   grad_fn = jax.grad(meta.loss_fn)
 
+  # The inner loop by hand, not ``mj.adapt``: the evaluation needs the episodes
+  # of every step (returns and positions at w_0 .. w_N, a batch at w_N too),
+  # and ``mj.adapt`` hands back only w_N and the support losses.
   def one_task(goal, k):
     def body(w, kk):
       batch = meta.sampler(w, goal, kk)

@@ -147,3 +147,38 @@ def test_shard_map_with_axis_name_equals_unsharded(name):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       a, np.broadcast_to(b, a.shape), rtol=2e-5, atol=1e-6),
                per_device, reference)
+
+
+@pytest.mark.parametrize('task_batching', ['map', 'unroll', 3])
+def test_task_batching_modes_equal_vmap(task_batching):
+  """'map', 'unroll' and chunks (3 does not divide 8) are a speed choice only."""
+  params, tasks = _setup(8)
+  meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.01, 'per_layer'))
+  grads, aux = jax.jit(lambda p, t, k: mj.meta_gradient(EST, p, t, k))(
+      meta, tasks, KEY)
+  other, other_aux = jax.jit(lambda p, t, k: mj.meta_gradient(
+      EST, p, t, k, task_batching=task_batching))(meta, tasks, KEY)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               other, grads)
+  np.testing.assert_allclose(other_aux.per_task.query_loss_after,
+                             aux.per_task.query_loss_after, rtol=1e-5)
+  assert other_aux.per_task.adapted_params['w1'].shape[0] == 8
+
+
+def test_task_batching_is_validated_and_reaches_the_train_steps():
+  import optax
+  params, tasks = _setup(4)
+  for bad in ('pmap', 0, 2.5):
+    with pytest.raises(ValueError, match='task_batching'):
+      mj.meta_gradient(EST, params, tasks, KEY, task_batching=bad)
+    with pytest.raises(ValueError, match='task_batching'):
+      mj.make_train_step(EST, optax.sgd(0.1), task_batching=bad)
+  opt = optax.sgd(0.1)
+  s1, _ = mj.make_train_step(EST, opt)(mj.init_train_state(params, opt),
+                                       tasks, KEY)
+  s2, _ = mj.make_train_step(EST, opt, task_batching='map')(
+      mj.init_train_state(params, opt), tasks, KEY)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               s2.params, s1.params)

@@ -36,10 +36,11 @@ def iteration_keys(key: chex.PRNGKey, iteration) -> tuple[chex.PRNGKey, chex.PRN
   return k_tasks, k_est
 
 
-def _train_step(est, optimizer):
+def _train_step(est, optimizer, task_batching):
 
   def step(state: TrainState, tasks: base.Task, key: chex.PRNGKey):
-    grads, aux = meta.meta_gradient(est, state.params, tasks, key)
+    grads, aux = meta.meta_gradient(est, state.params, tasks, key,
+                                    task_batching=task_batching)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # No finite task at all: keep the old parameters and optimizer state.
@@ -64,7 +65,7 @@ def _train_step(est, optimizer):
 
 def make_train_step(est: base.MetaEstimator,
                     optimizer: optax.GradientTransformation, *,
-                    jit: bool = True):
+                    jit: bool = True, task_batching='vmap'):
   """One meta-iteration: mean meta-gradient over the task batch, Optax update.
 
   Args:
@@ -72,6 +73,7 @@ def make_train_step(est: base.MetaEstimator,
     optimizer: any ``optax.GradientTransformation`` (the outer update, eq. 7
       with ``optax.sgd(beta)``).
     jit: return the step ``jax.jit``-compiled.
+    task_batching: how the task axis is batched (see ``meta_gradient``).
 
   Returns:
     ``step(state, tasks, key) -> (state, metrics)`` with scalar metrics
@@ -83,21 +85,23 @@ def make_train_step(est: base.MetaEstimator,
     non-finite the update is skipped (and reported).
   """
   validation.check_callable(est, 'est')
-  step = _train_step(est, optimizer)
+  step = _train_step(est, optimizer,
+                     meta.check_task_batching(task_batching))
   return jax.jit(step) if jit else step
 
 
 def make_fused_train(est: base.MetaEstimator,
                      optimizer: optax.GradientTransformation,
                      sample_tasks: Callable[[chex.PRNGKey], base.Task],
-                     num_iterations: int, *, jit: bool = True):
+                     num_iterations: int, *, jit: bool = True,
+                     task_batching='vmap'):
   """``num_iterations`` meta-iterations in one compiled ``lax.scan``.
 
   Tasks are drawn on device by ``sample_tasks(key) -> Task`` (leading task
   axis), so there is no host round-trip per iteration. Iteration i uses
   ``iteration_keys(key, state.iteration)``: a fused run equals a loop of
   ``make_train_step`` calls fed the same tasks and keys, and a resumed run
-  equals an uninterrupted one.
+  equals an uninterrupted one. ``task_batching`` as in ``meta_gradient``.
 
   Returns:
     ``run(state, key) -> (state, metrics)``, metrics stacked over iterations.
@@ -105,7 +109,7 @@ def make_fused_train(est: base.MetaEstimator,
   validation.check_callable(sample_tasks, 'sample_tasks')
   num_iterations = validation.check_positive_int(num_iterations,
                                                  'num_iterations')
-  step = _train_step(est, optimizer)
+  step = _train_step(est, optimizer, meta.check_task_batching(task_batching))
 
   def run(state: TrainState, key: chex.PRNGKey):
 

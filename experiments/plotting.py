@@ -134,7 +134,10 @@ def plot_k_step_curves(curves, path, *, title=None, logy=False, styles=None,
                     label=label)
     color = line.get_color()
     if values.shape[0] > 1:
-      ax.fill_between(ks, mean - std, mean + std, color=color, alpha=0.2,
+      lo = mean - std
+      if logy:  # a band reaching 0 or below would cover the whole axis
+        lo = np.where(lo > 0, lo, mean)
+      ax.fill_between(ks, lo, mean + std, color=color, alpha=0.2,
                       linewidth=0)
   for x in marks or ():
     ax.axvline(x, color='k', ls=':', lw=1)

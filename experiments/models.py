@@ -1,8 +1,11 @@
 """Models and losses of the paper's experiments (each a ``loss_fn(params, batch)``)."""
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 
 class SineMLP(nn.Module):
@@ -52,3 +55,146 @@ def mf_loss(w, batch):
   wz = z @ w
   zz = jnp.sum(z * z, axis=-1)
   return 0.25 * jnp.mean(ww ** 2 - 2.0 * wz ** 2 + zz ** 2)
+
+
+# ----------------------------------------------------------------------------
+# Few-shot image classification: the 4-block conv net of Finn et al. (2017).
+# ----------------------------------------------------------------------------
+CONV_IMPLS = ('xla', 'matmul')
+BATCH_NORM_EPS = 1e-5  # PyTorch's default, so that the reference matches.
+
+
+def default_conv_impl(backend=None):
+  """'matmul' on CPU, 'xla' on every other backend.
+
+  Under ``jax.vmap`` over tasks every task has its own adapted weights, so the
+  batched convolution becomes a grouped convolution (feature_group_count =
+  number of tasks), which XLA:CPU runs far slower than the equivalent batched
+  matmul ('matmul' below; see BENCHMARKS.md, "Conv net"). On GPU/TPU grouped
+  convolutions take other kernels, which nothing in this repository measures,
+  so the default there stays XLA's convolution.
+  """
+  backend = backend or jax.default_backend()
+  return 'matmul' if backend == 'cpu' else 'xla'
+
+
+def conv3x3(x, kernel, conv_impl):
+  """3x3 'SAME' convolution, stride 1, NHWC input, HWIO kernel.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [3, 3, C_in, C_out].
+    conv_impl: 'xla' (``lax.conv_general_dilated``) or 'matmul' (im2col: the
+      nine shifted views of the zero-padded input concatenated on the channel
+      axis, one matmul with the [9 C_in, C_out] kernel). Same math.
+
+  Returns:
+    [B, H, W, C_out].
+  """
+  if conv_impl == 'xla':
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  if conv_impl != 'matmul':
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}')
+  kh, kw, c_in, c_out = kernel.shape
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  # Channel index of the patches = (dy * kw + dx) * c_in + c, which is the
+  # row-major flattening of the kernel's first three axes.
+  patches = jnp.concatenate([xp[:, dy:dy + h, dx:dx + w, :]
+                             for dy in range(kh) for dx in range(kw)], axis=-1)
+  return patches @ kernel.reshape(kh * kw * c_in, c_out)
+
+
+def batch_norm(x, scale, offset, eps=BATCH_NORM_EPS):
+  """Normalizes each channel with the statistics of this batch (no running averages).
+
+  y = (x - mean) / sqrt(var + eps) * scale + offset, mean and (biased)
+  variance over batch and spatial axes, as PyTorch's ``batch_norm`` in
+  training mode and Finn et al.'s ``tf.contrib.layers.batch_norm`` without
+  moving averages.
+  """
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + offset
+
+
+def max_pool_2x2(x):
+  """2x2 max pooling, stride 2, 'VALID' (odd sizes floor, as PyTorch's max_pool2d)."""
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+class ConvBlock(nn.Module):
+  """3x3 conv (no bias) -> batch-statistics BatchNorm -> ReLU -> 2x2 max-pool.
+
+  The convolution has no bias: BatchNorm subtracts the batch mean of each
+  channel right after it, so a bias would cancel exactly (and get a zero
+  gradient). The learned per-channel 'scale' and 'offset' follow.
+  """
+  features: int
+  conv_impl: str
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features), x.dtype)
+    scale = self.param('scale', nn.initializers.ones, (self.features,), x.dtype)
+    offset = self.param('offset', nn.initializers.zeros, (self.features,), x.dtype)
+    x = batch_norm(conv3x3(x, kernel, self.conv_impl), scale, offset)
+    return max_pool_2x2(nn.relu(x))
+
+
+class ConvNet(nn.Module):
+  """Finn et al.'s (2017) few-shot conv net: ``blocks`` ConvBlocks, linear head.
+
+  On 28x28 images four blocks pool to 1x1, so the head sees ``filters``
+  features. ``conv_impl`` ('xla' or 'matmul', see ``conv3x3``) changes how the
+  convolutions are computed, not the parameters or the math; None picks
+  ``default_conv_impl()`` for the backend at trace time.
+  """
+  ways: int
+  filters: int = 64
+  blocks: int = 4
+  conv_impl: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    conv_impl = self.conv_impl or default_conv_impl()
+    for i in range(self.blocks):
+      x = ConvBlock(self.filters, conv_impl, name=f'block_{i}')(x)
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.ways, name='head')(x)
+
+
+def init_convnet_params(key, model, image_shape=(28, 28, 1), dtype=jnp.float32):
+  """Parameters of ``model`` (a ``ConvNet``) for images of ``image_shape``, in ``dtype``."""
+  params = model.init(key, jnp.zeros((1,) + tuple(image_shape), dtype))
+  return jax.tree.map(lambda p: p.astype(dtype), params)
+
+
+def make_convnet_loss(model, has_aux=False):
+  """Cross-entropy ``loss_fn(params, batch)`` of ``model`` (a ``ConvNet``).
+
+  Args:
+    model: the ``ConvNet``.
+    has_aux: if True, ``loss_fn`` returns ``(loss, {'accuracy': ...})`` (for
+      estimators built with ``has_aux=True``).
+
+  Returns:
+    ``loss_fn(params, batch)`` with ``batch = {'x': [B, H, W, C] images,
+    'y': [B] int labels in [0, ways)}``; the mean cross-entropy.
+  """
+
+  def loss_fn(params, batch):
+    logits = model.apply(params, batch['x'])
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['y']))
+    if not has_aux:
+      return loss
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch['y'])
+    return loss, {'accuracy': accuracy}
+
+  return loss_fn

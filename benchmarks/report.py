@@ -169,6 +169,7 @@ def markdown(results):
           '| ' + ' / '.join(_fmt(None if m is None else m / configs.MiB, 3) for m in mib)
           + ' |')
     lines.append('')
+  lines += convnet_markdown(results.get('convnet'))
   lines += ['## Targets', '']
   if not results.get('targets'):
     lines += ['Not evaluated: they need the sine rows of the main table, the '
@@ -183,6 +184,61 @@ def markdown(results):
       lines.append(f'| {t["target"]} | {t["measured"]:.2f} | {t["met"]} |')
     lines.append('')
   return '\n'.join(lines)
+
+
+CONVNET_COLUMNS = (  # (key in a row, column title)
+    ('torch_loop', 'torch loop'), ('torch_func', 'torch.func'),
+    ('torch_torchopt', 'TorchOpt'), ('jax_step', 'jax step'),
+    ('jax_step_vmap_xla', 'jax step, vmap + xla conv'), ('jax_fused', 'jax fused'))
+
+
+def convnet_markdown(conv):
+  """The lines of the conv net section (``benchmarks.convnet``), [] without it."""
+  if not conv:
+    return []
+  hp = conv['hparams']
+  present = [(k, t) for k, t in CONVNET_COLUMNS
+             if any(k in r for r in conv['rows'])]
+  lines = [
+      '## Few-shot conv net (Finn et al.), time per meta-iteration', '',
+      f'{hp["ways"]}-way {hp["shots"]}-shot, {hp["query"]} query images per '
+      f'class, {hp["num_tasks"]} tasks, 28x28x1 images, {hp["blocks"]} blocks '
+      f'of {hp["filters"]} filters, N = {hp["num_inner_steps"]}, alpha = '
+      f'{hp["inner_lr"]}, b = {hp["num_directions"]} (GGS-MAML), Adam. maml_jax: '
+      f'task_batching={conv["task_batching"]!r}, conv_impl={conv["conv_impl"]!r} '
+      '(the "vmap + xla conv" column: the naive task_batching="vmap", '
+      'conv_impl="xla"). TorchOpt: ' + ('installed' if conv['torchopt'] else
+                                          'not installed') + '. Every '
+      f'implementation of a row is timed in turn in {conv["rounds"]} rounds; '
+      'PyTorch figures are the best of the thread counts '
+      f'{conv["torch_threads"]}. ms are medians over all calls; "x" columns: '
+      "the faster PyTorch (loop or torch.func) ms / this implementation's ms, "
+      'median of the per-round ratios (range in brackets); > 1 means faster '
+      'than PyTorch.', '',
+      '| algorithm | ' + ' | '.join(f'{t} ms' for _, t in present)
+      + ' | ' + ' | '.join(f'{t} x' for k, t in present
+                            if not k.startswith('torch_') or k == 'torch_torchopt')
+      + ' | compile s (step / fused) |',
+      '|---' * (1 + len(present) + sum(
+          1 for k, _ in present if not k.startswith('torch_') or k == 'torch_torchopt')
+                + 1) + '|']
+  for r in conv['rows']:
+    cells = [_fmt(r[k]['ms'], 0) if k in r else '-' for k, _ in present]
+    for k, _ in present:
+      if k.startswith('torch_') and k != 'torch_torchopt':
+        continue
+      st = r['speedup_stats'].get(k)
+      cells.append('-' if st is None else f'{st["round_median"]:.2f}x '
+                   f'({st["round_min"]:.2f}-{st["round_max"]:.2f})')
+    cells.append(f'{r["jax_step"]["compile_s"]:.0f} / {r["jax_fused"]["compile_s"]:.0f}')
+    lines.append(f'| {r["algorithm"]} | ' + ' | '.join(cells) + ' |')
+  lines += ['', 'PyTorch threads of the figures above (loop / torch.func'
+            + (' / TorchOpt' if conv['torchopt'] else '') + '): ' + '; '.join(
+                f'{r["algorithm"]} ' + ' / '.join(
+                    str(r[k]['threads']) for k in ('torch_loop', 'torch_func',
+                                                   'torch_torchopt') if k in r)
+                for r in conv['rows']), '']
+  return lines
 
 
 def plots(results, out_dir, stem):

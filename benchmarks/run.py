@@ -27,6 +27,13 @@ Sections (``--sections``, all by default):
   alpha, 'per_parameter'))`` (Meta-SGD: one alpha per parameter, updated by
   the same Adam): ms per meta-iteration of the jitted step and the fused run,
   both variants timed in alternating rounds, and the ratio learned / fixed.
+* ``convnet`` (not run by default: ~15 min on a loaded 2-core CPU): the
+  few-shot conv net of Finn et al. (5-way 1-shot, 15 query images per class,
+  32 tasks, N = 1, alpha = 0.4; MAML, FO-MAML, GGS-MAML with b = 10): the
+  maml_jax step (task_batching='map', conv_impl='matmul'; MAML also with the
+  naive 'vmap' / 'xla'), the fused run, the PyTorch loop, torch.func and
+  TorchOpt (if installed), timed in alternating rounds
+  (``benchmarks/convnet.py``).
 
 Writes ``<out_dir>/<name>.json``, then ``<out_dir>/<name>.md`` and PNG plots
 from it (``benchmarks.report``, which rebuilds them from the JSON alone).
@@ -53,6 +60,7 @@ import torch
 import maml_jax as mj
 from benchmarks import agreement
 from benchmarks import configs
+from benchmarks import convnet
 from benchmarks import report
 from benchmarks import sections
 from benchmarks import torch_reference as tr
@@ -63,7 +71,7 @@ _NAME = flags.DEFINE_string('name', None, 'Results file stem (default: latest / 
 _SECTIONS = flags.DEFINE_list(
     'sections', ['agreement', 'main', 'steps', 'directions', 'tasks', 'memory',
                  'learned_lr'],
-    'Which sections to run.')
+    'Which sections to run (also: convnet, not run by default).')
 _PROBLEMS = flags.DEFINE_list('problems', ['sine', 'mf'], 'Problems of the main table.')
 _ALGORITHMS = flags.DEFINE_list('algorithms', list(mj.ESTIMATORS),
                                 'Algorithms of the main table and of the '
@@ -134,6 +142,7 @@ def config_from_flags():
       'sweep_torch': _SWEEP_TORCH.value,
       'memory': configs.MEMORY_QUICK if quick else configs.MEMORY_FULL,
       'learned_lr': configs.LEARNED_LR_QUICK if quick else configs.LEARNED_LR_FULL,
+      'convnet': configs.CONVNET_QUICK if quick else configs.CONVNET_FULL,
       'compiler_options': agreement.FAST_COMPILE if fast else None,
       'sections': _SECTIONS.value,
   }
@@ -156,6 +165,8 @@ def run_benchmarks(cfg):
       results['memory'] = sections.run_memory(cfg)
     elif name == 'learned_lr':
       results['learned_lr'] = sections.run_learned_lr(cfg)
+    elif name == 'convnet':
+      results['convnet'] = convnet.run_section(cfg)
     else:
       raise ValueError(f'unknown section {name!r}')
     section_s[name] = time.time() - t0

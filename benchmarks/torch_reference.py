@@ -32,6 +32,12 @@ sine MLP, the vector w of matrix factorization), task data as the dicts of
 directions as a pytree like the parameters whose leaves carry leading axes
 [num_tasks, num_inner_steps, b]. Feeding both sides the same arrays makes the
 meta-gradients comparable to float precision.
+
+The conv net of few-shot image classification (``'convnet'``, SPEC.md
+section 7; ``experiments.models.ConvNet``) is here too, with a third
+implementation for MAML and FO-MAML: ``impl='torchopt'``, the inner step as a
+differentiable TorchOpt update (``torchopt.sgd``, ``inplace=False``), loop
+over tasks. TorchOpt is optional; only that implementation needs it.
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -39,6 +45,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import func as tfunc
+import torch.nn.functional as F
 
 # The estimators implemented here: exactly maml_jax's registry
 # (``mj.ESTIMATORS``, checked in tests/test_torch_agreement.py), written out
@@ -46,6 +53,11 @@ from torch import func as tfunc
 ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
 PROBLEMS = ('sine', 'mf')
 IMPLS = ('loop', 'func')
+CONVNET = 'convnet'  # Not in PROBLEMS: its own tests and benchmark section.
+# 'torchopt' (MAML and FO-MAML only) needs ``pip install torchopt``.
+ALL_IMPLS = IMPLS + ('torchopt',)
+TORCHOPT_ALGORITHMS = ('maml', 'fo_maml')
+CONVNET_BATCH_NORM_EPS = 1e-5
 
 Tensors = Sequence[torch.Tensor]
 
@@ -80,7 +92,47 @@ def mf_loss(params: Tensors, batch: dict) -> torch.Tensor:
   return 0.25 * torch.mean(torch.sum(diff ** 2, dim=(1, 2)))
 
 
-LOSSES = {'sine': sine_loss, 'mf': mf_loss}
+def convnet_forward(params: Tensors, x: torch.Tensor) -> torch.Tensor:
+  """Finn et al.'s conv net, ``experiments.models.ConvNet``'s math.
+
+  Args:
+    params: (kernel_0, scale_0, offset_0, ..., head_kernel, head_bias); conv
+      kernels [C_out, C_in, 3, 3] (PyTorch's layout), head kernel [in, out].
+    x: images [B, H, W, C] (maml_jax's NHWC layout).
+
+  Returns:
+    logits [B, ways].
+  """
+  x = x.permute(0, 3, 1, 2)
+  for i in range((len(params) - 2) // 3):
+    kernel, scale, offset = params[3 * i:3 * i + 3]
+    x = F.conv2d(x, kernel, padding=1)
+    x = F.batch_norm(x, None, None, scale, offset, training=True,
+                     eps=CONVNET_BATCH_NORM_EPS)
+    x = F.max_pool2d(F.relu(x), 2)
+  x = x.permute(0, 2, 3, 1).flatten(1)  # flattened in JAX's (H, W, C) order
+  return x @ params[-2] + params[-1]
+
+
+def convnet_loss(params: Tensors, batch: dict) -> torch.Tensor:
+  """Mean cross-entropy on ``batch = {'x': [B, H, W, C], 'y': [B] int}``."""
+  return F.cross_entropy(convnet_forward(params, batch['x']), batch['y'].long())
+
+
+LOSSES = {'sine': sine_loss, 'mf': mf_loss, CONVNET: convnet_loss}
+
+
+def _hwio_to_oihw(a):
+  """[..., H, W, I, O] -> [..., O, I, H, W], leading axes kept."""
+  lead = list(range(a.ndim - 4))
+  n = a.ndim
+  return np.ascontiguousarray(np.transpose(a, lead + [n - 1, n - 2, n - 4, n - 3]))
+
+
+def _oihw_to_hwio(a):
+  lead = list(range(a.ndim - 4))
+  n = a.ndim
+  return np.ascontiguousarray(np.transpose(a, lead + [n - 2, n - 1, n - 3, n - 4]))
 
 
 # ----------------------------------------------------------------------------
@@ -101,7 +153,15 @@ def to_flat(problem: str, tree: Any) -> list[np.ndarray]:
     return out
   if problem == 'mf':
     return [np.asarray(tree)]
-  raise ValueError(f'problem must be one of {PROBLEMS}, got {problem!r}')
+  if problem == CONVNET:
+    p = tree['params']
+    out = []
+    for i in range(len(p) - 1):
+      block = p[f'block_{i}']
+      out += [_hwio_to_oihw(np.asarray(block['kernel'])), np.asarray(block['scale']),
+              np.asarray(block['offset'])]
+    return out + [np.asarray(p['head']['kernel']), np.asarray(p['head']['bias'])]
+  raise ValueError(f'problem must be one of {PROBLEMS + (CONVNET,)}, got {problem!r}')
 
 
 def from_flat(problem: str, arrays: Sequence[Any]) -> Any:
@@ -113,12 +173,19 @@ def from_flat(problem: str, arrays: Sequence[Any]) -> Any:
                        for i, layer in enumerate(SINE_LAYERS)}}
   if problem == 'mf':
     return arrays[0]
-  raise ValueError(f'problem must be one of {PROBLEMS}, got {problem!r}')
+  if problem == CONVNET:
+    blocks = {f'block_{i}': {'kernel': _oihw_to_hwio(arrays[3 * i]),
+                             'scale': arrays[3 * i + 1],
+                             'offset': arrays[3 * i + 2]}
+              for i in range((len(arrays) - 2) // 3)}
+    return {'params': dict(blocks, head={'kernel': arrays[-2], 'bias': arrays[-1]})}
+  raise ValueError(f'problem must be one of {PROBLEMS + (CONVNET,)}, got {problem!r}')
 
 
 def _tensor(x, dtype=None):
+  """A tensor copy of ``x``; floating arrays cast to ``dtype`` (labels stay ints)."""
   t = torch.as_tensor(np.array(x))
-  return t if dtype is None else t.to(dtype)
+  return t if dtype is None or not t.is_floating_point() else t.to(dtype)
 
 
 def to_torch_batch(batch: dict, dtype=None) -> dict:
@@ -341,6 +408,44 @@ def func_meta_gradient(loss_fn, algorithm, params, tasks, *, inner_lr,
   return [g.mean(0) for g in stacked], list(stacked)
 
 
+def torchopt_meta_gradient(loss_fn, algorithm, params, tasks, *, inner_lr,
+                           num_inner_steps, num_directions=None, delta=None,
+                           directions=None, generator=None):
+  """MAML / FO-MAML with TorchOpt's differentiable functional SGD, loop over tasks.
+
+  The inner step is ``torchopt.sgd(inner_lr)`` applied with ``inplace=False``
+  (TorchOpt's differentiable-optimization path); for MAML the support
+  gradients keep their graph (``create_graph=True``), for FO-MAML they are
+  constants, so the query gradient w.r.t. w_0 is grad l_T(w_N). Same arguments
+  and returns as ``loop_meta_gradient`` (no directions: neither method uses
+  any).
+  """
+  import torchopt  # pylint: disable=g-import-not-at-top
+  del num_directions, delta, directions, generator
+  if algorithm not in TORCHOPT_ALGORITHMS:
+    raise ValueError(f'impl torchopt supports {TORCHOPT_ALGORITHMS}, got {algorithm!r}')
+  inner = torchopt.sgd(lr=inner_lr)
+  num_tasks = next(iter(tasks['support'].values())).shape[0]
+  per_task = []
+  for i in range(num_tasks):
+    support = {k: v[i] for k, v in tasks['support'].items()}
+    query = {k: v[i] for k, v in tasks['query'].items()}
+    w0 = tuple(p.detach().requires_grad_() for p in params)
+    fast, state = w0, inner.init(w0)
+    for _ in range(num_inner_steps):
+      grads = torch.autograd.grad(loss_fn(fast, support), fast,
+                                  create_graph=algorithm == 'maml')
+      updates, state = inner.update(grads, state, inplace=False)
+      fast = torchopt.apply_updates(fast, updates, inplace=False)
+    per_task.append(list(torch.autograd.grad(loss_fn(fast, query), w0)))
+  mean = [torch.stack(gs).mean(0) for gs in zip(*per_task)]
+  return mean, [torch.stack(gs) for gs in zip(*per_task)]
+
+
+_META_GRADIENTS = {'loop': loop_meta_gradient, 'func': func_meta_gradient,
+                   'torchopt': torchopt_meta_gradient}
+
+
 def meta_gradient(problem: str, algorithm: str, params: Any, tasks: Any, *,
                   inner_lr: float, num_inner_steps: int,
                   num_directions: Optional[int] = None,
@@ -349,7 +454,7 @@ def meta_gradient(problem: str, algorithm: str, params: Any, tasks: Any, *,
   """Numpy in, numpy out: the mean and per-task meta-gradients of a task batch.
 
   Args:
-    problem: 'sine' or 'mf'.
+    problem: 'sine', 'mf' or 'convnet'.
     algorithm: one of ``ALGORITHMS``.
     params: maml_jax parameters (numpy or jax arrays): the Flax dict of the sine
       MLP or the vector w.
@@ -359,15 +464,15 @@ def meta_gradient(problem: str, algorithm: str, params: Any, tasks: Any, *,
     directions: None, or a pytree like ``params`` with leaves
       [T, N, b, *shape] (e.g. ``mj.gaussian_directions`` stacked per task and
       step); drawn in torch when None.
-    impl: 'loop' or 'func'.
+    impl: 'loop', 'func' or 'torchopt' (MAML and FO-MAML).
     seed: seed of the torch generator drawing directions when not given.
 
   Returns:
     (mean meta-gradient, per-task meta-gradients with a leading task axis),
     both as maml_jax-shaped numpy pytrees.
   """
-  if impl not in IMPLS:
-    raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+  if impl not in ALL_IMPLS:
+    raise ValueError(f'impl must be one of {ALL_IMPLS}, got {impl!r}')
   flat = [_tensor(p) for p in to_flat(problem, params)]
   dtype = flat[0].dtype
   support, query = ((tasks.support, tasks.query) if hasattr(tasks, 'support')
@@ -376,7 +481,7 @@ def meta_gradient(problem: str, algorithm: str, params: Any, tasks: Any, *,
   dirs = None
   if directions is not None:
     dirs = [_tensor(d, dtype) for d in to_flat(problem, directions)]
-  fn = loop_meta_gradient if impl == 'loop' else func_meta_gradient
+  fn = _META_GRADIENTS[impl]
   generator = torch.Generator().manual_seed(seed)
   mean, per_task = fn(LOSSES[problem], algorithm, flat, tt,
                       inner_lr=inner_lr, num_inner_steps=num_inner_steps,
@@ -397,8 +502,8 @@ class MetaTrainer:
                inner_lr: float, num_inner_steps: int, meta_lr: float,
                num_directions: Optional[int] = None,
                delta: Optional[float] = None, impl: str = 'loop', seed: int = 0):
-    if impl not in IMPLS:
-      raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+    if impl not in ALL_IMPLS:
+      raise ValueError(f'impl must be one of {ALL_IMPLS}, got {impl!r}')
     if algorithm not in ALGORITHMS:
       raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {algorithm!r}')
     self.loss_fn = LOSSES[problem]
@@ -407,7 +512,7 @@ class MetaTrainer:
     self.optimizer = torch.optim.Adam(self.params, lr=meta_lr)
     self.hparams = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
                         num_directions=num_directions, delta=delta)
-    self.meta_gradient = loop_meta_gradient if impl == 'loop' else func_meta_gradient
+    self.meta_gradient = _META_GRADIENTS[impl]
     self.generator = torch.Generator().manual_seed(seed)
 
   def step(self, tasks: dict) -> None:

@@ -1,0 +1,238 @@
+"""The ``convnet`` section of ``benchmarks.run``: few-shot conv net meta-training speed.
+
+Finn et al.'s 4-block conv net (``experiments.models.ConvNet``: 3x3 conv,
+batch-statistics BatchNorm, ReLU, 2x2 max-pool; linear head) on 28x28 grey
+images, N-way K-shot tasks with Q query images per class (SPEC.md section 7).
+The images are Gaussian noise: the time of a meta-iteration depends on the
+shapes only, and the benchmark needs no data set.
+
+Every task adapts its own copy of the weights, so ``jax.vmap`` over tasks turns
+each convolution into a grouped one (feature_group_count = number of tasks),
+which XLA:CPU runs slowly. The timed maml_jax configurations therefore name
+how the task axis is batched (``task_batching``, see ``mj.meta_gradient``) and
+how the convolutions are computed (``conv_impl``, see
+``experiments.models.conv3x3``). Each row (one algorithm) times, in
+alternating rounds:
+
+* ``jax_step``: the jitted ``mj.make_train_step`` with the section's
+  ``task_batching`` / ``conv_impl`` (default 'map' / 'matmul');
+* ``jax_step_vmap_xla`` (MAML row only, by default): the same with 'vmap' /
+  'xla', the naive configuration, for contrast;
+* ``jax_fused``: ``mj.make_fused_train`` (tasks sampled on device, several
+  meta-iterations per compiled call), best configuration;
+* ``torch_loop`` / ``torch_func``: the PyTorch reference
+  (``benchmarks.torch_reference``: Python loop with ``create_graph``, and
+  ``torch.func`` vmapped over tasks), best of the thread counts tried;
+* ``torchopt`` (MAML and FO-MAML, when TorchOpt is installed): the loop with
+  TorchOpt's differentiable functional SGD as the inner step.
+
+All PyTorch versions and maml_jax run the same meta-optimizer (Adam).
+"""
+
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+
+import maml_jax as mj
+from benchmarks import agreement
+from benchmarks import cases as cases_lib
+from benchmarks import memory
+from benchmarks import timing
+from benchmarks import torch_reference as tr
+from experiments import models
+
+
+def torchopt_available():
+  try:
+    import torchopt  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def sample_tasks(key, num_tasks, *, ways, shots, query, image_shape=(28, 28, 1),
+                 dtype=jnp.float32):
+  """``num_tasks`` synthetic N-way K-shot tasks: Gaussian images, labels 0..N-1.
+
+  Returns:
+    ``mj.Task`` with support ``{'x': [T, N K, *image_shape], 'y': [T, N K]}``
+    and query ``{'x': [T, N Q, *image_shape], 'y': [T, N Q]}``.
+  """
+  k_s, k_q = jax.random.split(key)
+
+  def batch(k, per_class):
+    x = jax.random.normal(k, (num_tasks, ways * per_class) + tuple(image_shape), dtype)
+    y = jnp.tile(jnp.repeat(jnp.arange(ways), per_class), (num_tasks, 1))
+    return {'x': x, 'y': y}
+
+  return mj.Task(batch(k_s, shots), batch(k_q, query))
+
+
+def setup(hp, *, conv_impl=None, key=None, dtype=jnp.float32):
+  """(loss_fn, params, tasks) of the conv net with the hyperparameters ``hp``."""
+  key = jax.random.PRNGKey(0) if key is None else key
+  k_p, k_t = jax.random.split(key)
+  model = models.ConvNet(hp['ways'], filters=hp['filters'], blocks=hp['blocks'],
+                         conv_impl=conv_impl)
+  params = models.init_convnet_params(k_p, model, dtype=dtype)
+  tasks = sample_tasks(k_t, hp['num_tasks'], ways=hp['ways'], shots=hp['shots'],
+                       query=hp['query'], dtype=dtype)
+  return models.make_convnet_loss(model), params, tasks
+
+
+def estimator(algorithm, loss_fn, hp):
+  return agreement.jax_estimator(
+      algorithm, loss_fn, inner_lr=hp['inner_lr'],
+      num_inner_steps=hp['num_inner_steps'],
+      num_directions=hp['num_directions'], delta=hp['delta'])
+
+
+def prepare_jax_step(algorithm, hp, *, task_batching, conv_impl,
+                     compiler_options=None):
+  """The jitted ``mj.make_train_step`` on a fixed task batch (a timing case)."""
+  loss_fn, params, tasks = setup(hp, conv_impl=conv_impl)
+  opt = optax.adam(hp['meta_lr'])
+  step = mj.make_train_step(estimator(algorithm, loss_fn, hp), opt,
+                            task_batching=task_batching)
+  state = mj.init_train_state(params, opt)
+  key = jax.random.PRNGKey(1)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, tasks, key).compile(compiler_options=compiler_options)
+  compile_s = time.perf_counter() - t0
+  holder = {'state': state, 'i': 0}
+
+  def once():
+    holder['i'] += 1
+    new_state, metrics = compiled(holder['state'], tasks,
+                                  jax.random.fold_in(key, holder['i']))
+    jax.block_until_ready((new_state, metrics))
+    holder['state'] = new_state
+
+  return {'once': once, 'divisor': 1,
+          'info': {'compile_s': compile_s, 'task_batching': task_batching,
+                   'conv_impl': conv_impl,
+                   'xla_memory': memory.analysis_bytes(compiled)}}
+
+
+def prepare_jax_fused(algorithm, hp, *, task_batching, conv_impl, num_iterations,
+                      compiler_options=None):
+  """``mj.make_fused_train``: ``num_iterations`` meta-iterations per call."""
+  loss_fn, params, _ = setup(hp, conv_impl=conv_impl)
+  opt = optax.adam(hp['meta_lr'])
+  sampler = lambda k: sample_tasks(k, hp['num_tasks'], ways=hp['ways'],
+                                   shots=hp['shots'], query=hp['query'])
+  run = mj.make_fused_train(estimator(algorithm, loss_fn, hp), opt, sampler,
+                            num_iterations, task_batching=task_batching)
+  state = mj.init_train_state(params, opt)
+  key = jax.random.PRNGKey(2)
+  t0 = time.perf_counter()
+  compiled = run.lower(state, key).compile(compiler_options=compiler_options)
+  compile_s = time.perf_counter() - t0
+  holder = {'state': state}
+
+  def once():
+    new_state, metrics = compiled(holder['state'], key)
+    jax.block_until_ready((new_state, metrics))
+    holder['state'] = new_state
+
+  def finite():
+    return bool(all(np.all(np.isfinite(x))
+                    for x in jax.tree.leaves(holder['state'].params)))
+
+  return {'once': once, 'divisor': num_iterations, 'finite': finite,
+          'info': {'num_iterations': num_iterations, 'compile_s': compile_s,
+                   'task_batching': task_batching, 'conv_impl': conv_impl,
+                   'xla_memory': memory.analysis_bytes(compiled)}}
+
+
+def prepare_torch(algorithm, hp, *, impl, threads):
+  """A PyTorch meta-iteration (``tr.MetaTrainer``, Adam) on the same fixed task batch."""
+  _, params, tasks = setup(hp)
+  trainer = tr.MetaTrainer(
+      tr.CONVNET, algorithm, jax.tree.map(np.asarray, params), impl=impl,
+      inner_lr=hp['inner_lr'], num_inner_steps=hp['num_inner_steps'],
+      meta_lr=hp['meta_lr'], num_directions=hp['num_directions'], delta=hp['delta'])
+  tt = {'support': tr.to_torch_batch(jax.tree.map(np.asarray, tasks.support)),
+        'query': tr.to_torch_batch(jax.tree.map(np.asarray, tasks.query))}
+  n = int(threads)
+  return {'once': lambda: trainer.step(tt), 'divisor': 1,
+          'enter': lambda: torch.set_num_threads(n), 'info': {'threads': n}}
+
+
+def _best_over_threads(res, name, threads):
+  by_threads = {str(n): res[f'{name}@{n}'] for n in threads}
+  best = min(by_threads, key=lambda n: by_threads[n]['ms'])
+  return dict(by_threads[best], by_threads={n: r['ms'] for n, r in by_threads.items()})
+
+
+def run_section(cfg):
+  """Times every implementation of every row (algorithm) in alternating rounds.
+
+  Returns:
+    {'hparams', 'rounds', 'torch_threads', 'torchopt': installed?, 'rows': [...]}
+    where a row has one entry per timed implementation (``timing.interleaved``
+    results), 'best_torch' (the faster of torch_loop / torch_func) and
+    'speedup' / 'speedup_stats': best torch ms / implementation ms, per round.
+  """
+  spec = cfg['convnet']
+  hp = spec['hparams']
+  threads = cfg['torch_threads']
+  has_torchopt = torchopt_available()
+  rows = []
+  for algorithm in spec['algorithms']:
+    cases, repeats = {}, {}
+    torch_impls = ['loop', 'func']
+    if has_torchopt and algorithm in tr.TORCHOPT_ALGORITHMS:
+      torch_impls.append('torchopt')
+    for impl in torch_impls:
+      for n in threads:
+        name = f'torch_{impl}@{n}'
+        cases[name] = prepare_torch(algorithm, hp, impl=impl, threads=n)
+        repeats[name] = spec['repeats']
+    cases['jax_step'] = prepare_jax_step(
+        algorithm, hp, task_batching=spec['task_batching'],
+        conv_impl=spec['conv_impl'], compiler_options=cfg['compiler_options'])
+    repeats['jax_step'] = spec['repeats']
+    if algorithm in spec['naive_algorithms']:
+      cases['jax_step_vmap_xla'] = prepare_jax_step(
+          algorithm, hp, task_batching='vmap', conv_impl='xla',
+          compiler_options=cfg['compiler_options'])
+      repeats['jax_step_vmap_xla'] = spec['repeats']
+    cases['jax_fused'] = prepare_jax_fused(
+        algorithm, hp, task_batching=spec['task_batching'],
+        conv_impl=spec['conv_impl'], num_iterations=spec['fused_iterations'],
+        compiler_options=cfg['compiler_options'])
+    repeats['jax_fused'] = spec['repeats']
+    try:
+      res = timing.interleaved(cases, rounds=spec['rounds'], repeats=repeats)
+    finally:
+      cases_lib.restore_torch_threads()
+    row = {'algorithm': algorithm}
+    for impl in torch_impls:
+      row[f'torch_{impl}'] = _best_over_threads(res, f'torch_{impl}', threads)
+    for name in ('jax_step', 'jax_step_vmap_xla', 'jax_fused'):
+      if name in res:
+        row[name] = res[name]
+    row['jax_fused']['params_finite'] = cases['jax_fused']['finite']()
+    loop, func = row['torch_loop'], row['torch_func']
+    best = loop if loop['ms'] <= func['ms'] else func
+    row['best_torch'] = {'ms': best['ms'], 'impl': 'loop' if best is loop else 'func'}
+    stats = {name: timing.ratio_stats(best, row[name])
+             for name in ('jax_step', 'jax_step_vmap_xla', 'jax_fused', 'torch_torchopt')
+             if name in row}
+    row['speedup_stats'] = stats
+    row['speedup'] = {k: v['round_median'] for k, v in stats.items()}
+    logging.info('convnet %s: torch loop %.0f ms, func %.0f ms, jax step %.0f ms, '
+                 'fused %.0f ms (x%.2f / x%.2f vs best torch)', algorithm,
+                 loop['ms'], func['ms'], row['jax_step']['ms'], row['jax_fused']['ms'],
+                 row['speedup']['jax_step'], row['speedup']['jax_fused'])
+    rows.append(row)
+  return {'hparams': hp, 'rounds': spec['rounds'], 'repeats': spec['repeats'],
+          'torch_threads': [int(n) for n in threads], 'torchopt': has_torchopt,
+          'task_batching': spec['task_batching'], 'conv_impl': spec['conv_impl'],
+          'rows': rows}

@@ -38,19 +38,20 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 import numpy as np
 
-from experiments import common
+import maml_jax as mj
+from experiments import config
 from experiments import models
 from experiments import plotting
+from experiments import rundir
+from experiments import summaries
 from experiments import tasks as task_lib
-
-mj = common.mj
 
 NAME = 'hessian_estimators'
 PROBLEMS = ('matrix_factorization', 'sine_mlp')
 ESTIMATORS = ('zo', 'ggs', 'zo_centered')
 
-common.define_output_flags()
-flags.adopt_module_key_flags(common)
+config.define_output_flags()
+flags.adopt_module_key_flags(config)
 flags.DEFINE_list('problems', list(PROBLEMS),
                   'Losses to measure on: ' + ', '.join(PROBLEMS) + '.')
 flags.DEFINE_list('estimators', list(ESTIMATORS),
@@ -212,13 +213,13 @@ def run(argv):
   if not dtypes or any(d not in ('float32', 'float64') for d in dtypes):
     raise app.UsageError(f'--dtypes must be float32 and/or float64, got '
                          f'{FLAGS.dtypes}')
-  seeds = common._ints('seeds', FLAGS.seeds)  # pylint: disable=protected-access
+  seeds = config.parse_ints('seeds', FLAGS.seeds)
   if not seeds:
     raise app.UsageError('--seeds must list at least one seed')
-  common.check_workdir(FLAGS.workdir)
-  run_dir = common.RunDir.create(FLAGS.workdir, FLAGS.run_name, resume=False,
+  config.check_workdir(FLAGS.workdir)
+  run_dir = rundir.RunDir.create(FLAGS.workdir, FLAGS.run_name, resume=False,
                                  default_name=NAME)
-  run_dir.write_config(common.config_dict(None), resume=False)
+  run_dir.write_config(rundir.config_dict(None), resume=False)
   if 'float64' in dtypes:
     jax.config.update('jax_enable_x64', True)
 
@@ -245,7 +246,7 @@ def run(argv):
                 'smoothing_error_mean': res[sweep][est + '_smoothing'][0][i],
                 'smoothing_error_std': res[sweep][est + '_smoothing'][1][i],
                 'zo_floor': res['zo_floor']})
-  common.atomic_write_text(run_dir.file('errors.json'), json.dumps(
+  rundir.atomic_write_text(run_dir.file('errors.json'), json.dumps(
       {'num_draws': FLAGS.num_draws, 'seed': seeds[0], 'results': results},
       indent=1, default=float) + '\n')
   run_dir.rows = rows
@@ -266,7 +267,7 @@ def run(argv):
         lines.append(
             f'| {dtype_name} | {problem} | {r["dim"]} | {r["zo_floor"]:.3g} | '
             f'{est} | ' + ' | '.join(f'{e:.3g}' for e in r['b'][est][0]) + ' |')
-  summary = common.write_summary(run_dir, 'Hessian-vector estimator error', [
+  summary = summaries.write_summary(run_dir, 'Hessian-vector estimator error', [
       f'Relative error ‖H_est v − H v‖/‖H v‖ vs b (delta = '
       f'{FLAGS.b_sweep_delta:g}), mean over {FLAGS.num_draws} draws (seed '
       f'{seeds[0]}). ZO bias floor = |tr H|/2 ‖v‖/‖H v‖. The delta sweep is '
@@ -279,7 +280,7 @@ def run(argv):
   return results
 
 
-main = common.cli_main(run)
+main = config.cli_main(run)
 
 if __name__ == '__main__':
   app.run(main)

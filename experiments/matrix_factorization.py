@@ -34,10 +34,13 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from experiments import common
+from experiments import config
 from experiments import models
 from experiments import plotting
+from experiments import rundir
+from experiments import summaries
 from experiments import tasks as task_lib
+from experiments import training
 
 NAME = 'matrix_factorization'
 DEFAULTS = dict(
@@ -56,9 +59,9 @@ DEFAULTS = dict(
 # --quick: a short real comparison for the README (all four algorithms).
 QUICK = dict(num_iterations=500, eval_every=50)
 
-common.define_training_flags()
-common.define_inner_lr_flags()
-flags.adopt_module_key_flags(common)
+config.define_training_flags()
+config.define_inner_lr_flags()
+flags.adopt_module_key_flags(config)
 flags.DEFINE_integer('dim', task_lib.MF_DIM, 'd, the dimension of w and z.')
 flags.DEFINE_integer('num_samples', 1,
                      'Draws of z per support/query batch (the loss averages '
@@ -67,10 +70,10 @@ FLAGS = flags.FLAGS
 
 
 def make_problem(cfg, *, dim, num_samples, num_test_tasks, eval_seed):
-  """(``common.Problem`` of rank-one matrix factorization, test loss at w=0)."""
+  """(``training.Problem`` of rank-one matrix factorization, test loss at 0)."""
   sample = functools.partial(task_lib.matrix_factorization_tasks, dim=dim,
                              num_samples=num_samples)
-  problem, test_tasks, _ = common.supervised_problem(
+  problem, test_tasks, _ = training.supervised_problem(
       cfg, loss_fn=models.mf_loss,
       init_params=lambda key: models.init_mf_params(key, dim),
       sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
@@ -82,25 +85,25 @@ def make_problem(cfg, *, dim, num_samples, num_test_tasks, eval_seed):
 
 
 def run(argv, chunk_hook=None):
-  """``main`` returning the ``common.TrainResult`` (for tests and notebooks)."""
+  """``main`` returning the ``training.TrainResult`` (tests, notebooks)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
-  cfg = common.training_config(NAME, defaults)
-  num_test_tasks = common.flag_or_default('num_test_tasks', defaults)
+  cfg = config.training_config(NAME, defaults)
+  num_test_tasks = config.flag_or_default('num_test_tasks', defaults)
   for name, value in [(n, FLAGS[n].value) for n in ('dim', 'num_samples')] + [
       ('num_test_tasks', num_test_tasks)]:
     if value < 1:
       raise app.UsageError(f'--{name} must be a positive integer, '
                            f'got {value}')
-  run_dir = common.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
+  run_dir = rundir.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
                                  default_name=NAME)
-  run_dir.write_config(common.config_dict(cfg), resume=cfg.resume)
+  run_dir.write_config(rundir.config_dict(cfg), resume=cfg.resume)
   logging.info('run folder: %s', run_dir.path)
   problem, zero_loss = make_problem(
       cfg, dim=FLAGS.dim, num_samples=FLAGS.num_samples,
       num_test_tasks=num_test_tasks, eval_seed=FLAGS.eval_seed)
-  result = common.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
+  result = training.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
 
   figure = plotting.plot_learning_curves(
       result.rows, run_dir.file('meta_loss.png'), metric='test_loss',
@@ -112,15 +115,15 @@ def run(argv, chunk_hook=None):
       result.rows, run_dir.file('train_loss.png'), metric='train_loss',
       ylabel='train meta loss (chunk mean)',
       title='Rank-one matrix factorization: training tasks')
-  summary = common.write_summary(run_dir, 'Rank-one matrix factorization', [
+  summary = summaries.write_summary(run_dir, 'Rank-one matrix factorization', [
       f'{cfg.num_iterations} meta-iterations, N = {cfg.num_inner_steps}, '
       f'{cfg.tasks_per_batch} tasks/iteration, meta optimizer '
       f'{cfg.meta_optimizer}, b = {cfg.num_directions}, seeds {list(cfg.seeds)}'
       f'{", hyperparameters from --sweep (sweep.json)" if cfg.sweep else ""}.'
       f' Meta-test loss on {num_test_tasks} fixed held-out tasks; '
       f'its value at w = 0 is {zero_loss:.4g} (the minimum is ~3e-6 lower).',
-      common.summary_table(result, cfg=cfg),
-      common.learned_inner_lr_section(result, cfg),
+      summaries.summary_table(result, cfg=cfg),
+      summaries.learned_inner_lr_section(result, cfg),
       '![meta-test loss](meta_loss.png)',
   ])
   print(f'Figure: {figure}\nSummary: {summary}\nMetrics: '
@@ -128,8 +131,8 @@ def run(argv, chunk_hook=None):
   return result
 
 
-main = common.cli_main(run)
+main = config.cli_main(run)
 
 if __name__ == '__main__':
-  common.set_defaults(DEFAULTS)
+  config.set_defaults(DEFAULTS)
   app.run(main)

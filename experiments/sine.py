@@ -38,10 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import maml_jax as mj
-from experiments import common
+from experiments import config
 from experiments import models
 from experiments import plotting
+from experiments import rundir
+from experiments import summaries
 from experiments import tasks as task_lib
+from experiments import training
 
 
 NAME = 'sine'
@@ -60,9 +63,9 @@ DEFAULTS = dict(
 )
 QUICK = dict(num_iterations=1000, eval_every=250)
 
-common.define_training_flags()
-common.define_inner_lr_flags()
-flags.adopt_module_key_flags(common)
+config.define_training_flags()
+config.define_inner_lr_flags()
+flags.adopt_module_key_flags(config)
 flags.DEFINE_integer('num_support', 10, 'K, support points per task.')
 flags.DEFINE_integer('num_query', 10, 'Query points per task.')
 flags.DEFINE_integer('kshot_steps', 10,
@@ -73,6 +76,15 @@ flags.DEFINE_integer('kshot_steps', 10,
 FLAGS = flags.FLAGS
 
 
+def inner_step(params, support, alpha_j):
+  """w - alpha_j ⊙ grad l(w; support): ``mj.adapt`` with one step.
+
+  ``alpha_j`` is one step's size, a scalar or shaped like ``params``.
+  """
+  return mj.adapt(models.sine_loss, params, support, inner_lr=alpha_j,
+                  num_steps=1)[0]
+
+
 def k_step_mse(params, tasks, *, inner_lr, max_steps, per_step=False,
                num_inner_steps=None):
   """Mean query MSE over ``tasks`` after k = 0..max_steps inner steps [K + 1].
@@ -80,25 +92,29 @@ def k_step_mse(params, tasks, *, inner_lr, max_steps, per_step=False,
   ``params`` may be ``mj.LearnedInnerLR``: its step sizes are used, and with
   ``per_step`` (a leading axis of length ``num_inner_steps`` = N) the steps
   k > N use the last one, alpha_{N-1}. ``inner_lr`` may be traced.
+
+  One ``mj.adapt`` step per k in a ``lax.scan``: ``mj.adapt`` returns only
+  w_N (not the query loss at every w_k), and a per-step alpha needs
+  ``num_steps`` = N, while the curve runs past N.
   """
-  w0, alpha = common.split_meta_params(params, inner_lr)
+  w0, alpha = training.split_meta_params(params, inner_lr)
 
   def one(support, query):
     def body(p, j):
       loss = models.sine_loss(p, query)
-      alpha_j = common.step_size_at(alpha, j, per_step=per_step,
-                                    num_inner_steps=num_inner_steps)
-      return common.inner_step(models.sine_loss, p, support, alpha_j), loss
+      alpha_j = training.step_size_at(alpha, j, per_step=per_step,
+                                      num_inner_steps=num_inner_steps)
+      return inner_step(p, support, alpha_j), loss
     p_k, losses = jax.lax.scan(body, w0, jnp.arange(max_steps))
     return jnp.append(losses, models.sine_loss(p_k, query))
   return jnp.mean(jax.vmap(one)(tasks.support, tasks.query), axis=0)
 
 
 def make_problem(cfg, *, num_support, num_query, num_test_tasks, eval_seed):
-  """The ``common.Problem`` of sine regression, and the held-out test tasks."""
+  """The ``training.Problem`` of sine regression, the held-out test tasks."""
   sample = functools.partial(task_lib.sine_tasks, num_support=num_support,
                              num_query=num_query)
-  return common.supervised_problem(
+  return training.supervised_problem(
       cfg, loss_fn=models.sine_loss, init_params=models.init_sine_params,
       sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
 
@@ -111,7 +127,7 @@ def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,
   ``params`` may be ``mj.LearnedInnerLR`` (as in ``k_step_mse``).
   """
   learned = isinstance(params, mj.LearnedInnerLR)
-  params, alpha = common.split_meta_params(params, inner_lr)
+  params, alpha = training.split_meta_params(params, inner_lr)
   amp, phase = task_lib.sine_task_params(key, 1)
   support = task_lib.sine_points(jax.random.fold_in(key, 7), amp, phase,
                                  num_support)
@@ -121,7 +137,7 @@ def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,
                      models.SINE_MODEL.apply(params, x)[:, 0]}
   p = params
   for k in range(1, max(steps) + 1):
-    p = common.inner_step(models.sine_loss, p, support, common.step_size_at(
+    p = inner_step(p, support, training.step_size_at(
         alpha, k - 1, per_step=per_step, num_inner_steps=num_inner_steps))
     if k in steps:
       predictions[f'after {k} step{"s" if k > 1 else ""}'] = (
@@ -133,31 +149,31 @@ def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,
       (np.asarray(support['x']), np.asarray(support['y'])),
       {k: np.asarray(v) for k, v in predictions.items()},
       run_dir.file(f'sine_fit_{algorithm.replace("@alpha=", "_alpha")}.png'),
-      title=f'{common.arm_label(algorithm.partition("@")[0])}: '
+      title=f'{summaries.arm_label(algorithm.partition("@")[0])}: '
       f'K={num_support} held-out task, {alpha_text}')
 
 
 def run(argv, chunk_hook=None):
-  """``main`` returning the ``common.TrainResult`` (for tests and notebooks)."""
+  """``main`` returning the ``training.TrainResult`` (tests, notebooks)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
-  cfg = common.training_config(NAME, defaults)
-  num_test_tasks = common.flag_or_default('num_test_tasks', defaults)
+  cfg = config.training_config(NAME, defaults)
+  num_test_tasks = config.flag_or_default('num_test_tasks', defaults)
   for name, value in [(n, FLAGS[n].value) for n in (
       'num_support', 'num_query', 'kshot_steps')] + [
           ('num_test_tasks', num_test_tasks)]:
     if value < 1:
       raise app.UsageError(f'--{name} must be a positive integer, '
                            f'got {value}')
-  run_dir = common.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
+  run_dir = rundir.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
                                  default_name=NAME)
-  run_dir.write_config(common.config_dict(cfg), resume=cfg.resume)
+  run_dir.write_config(rundir.config_dict(cfg), resume=cfg.resume)
   logging.info('run folder: %s', run_dir.path)
   problem, test_tasks, test_key = make_problem(
       cfg, num_support=FLAGS.num_support, num_query=FLAGS.num_query,
       num_test_tasks=num_test_tasks, eval_seed=FLAGS.eval_seed)
-  result = common.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
+  result = training.run_experiment(problem, cfg, run_dir, chunk_hook=chunk_hook)
 
   # Meta-test MSE after k = 0..kshot_steps steps, every arm and seed; an
   # --inner_lrs grid is one vmapped program per algorithm over (alpha, seed).
@@ -173,7 +189,7 @@ def run(argv, chunk_hook=None):
       mse = np.asarray(jax.jit(jax.vmap(
           lambda p, lr: curve(p, inner_lr=lr)))(state.params, lrs))
       for i, lr in enumerate(result.inner_lrs):
-        curves[common.arm_name(algorithm, lr)] = mse[
+        curves[summaries.arm_name(algorithm, lr)] = mse[
             i * len(cfg.seeds):(i + 1) * len(cfg.seeds)]
     else:
       curves[algorithm] = np.asarray(jax.jit(jax.vmap(functools.partial(
@@ -197,7 +213,7 @@ def run(argv, chunk_hook=None):
                             "last step's learned step sizes")
   if result.inner_lrs:
     kshot_info['inner_lrs'] = list(result.inner_lrs)
-  common.atomic_write_text(run_dir.file('kshot.json'),
+  rundir.atomic_write_text(run_dir.file('kshot.json'),
                            json.dumps(kshot_info, indent=1) + '\n')
   kshot = plotting.plot_k_step_curves(
       curves, run_dir.file('kshot_mse.png'), logy=True,
@@ -212,17 +228,18 @@ def run(argv, chunk_hook=None):
   lines = ['| algorithm | ' + ' | '.join(f'k={k}' for k in shown) + ' |',
            '|---|' + '---|' * len(shown)]
   for algorithm, c in curves.items():
-    lines.append(f'| {common.arm_label(algorithm)} | ' + ' | '.join(
+    lines.append(f'| {summaries.arm_label(algorithm)} | ' + ' | '.join(
         f'{c[:, k].mean():.3f} +- {c[:, k].std():.3f}' for k in shown) + ' |')
-  summary = common.write_summary(run_dir, f'Sine regression, K = {FLAGS.num_support}', [
+  summary = summaries.write_summary(
+      run_dir, f'Sine regression, K = {FLAGS.num_support}', [
       f'{cfg.num_iterations} meta-iterations, N = {cfg.num_inner_steps}, '
       f'{cfg.tasks_per_batch} tasks/iteration, meta optimizer '
       f'{cfg.meta_optimizer}, b = {cfg.num_directions}, seeds {list(cfg.seeds)}'
       f'{", hyperparameters from --sweep (sweep.json)" if cfg.sweep else ""}.'
       f' Meta-test MSE on {num_test_tasks} fixed held-out tasks.',
-      common.summary_table(result, metric_label='meta-test MSE after N steps',
-                           cfg=cfg),
-      common.learned_inner_lr_section(result, cfg),
+      summaries.summary_table(
+          result, metric_label='meta-test MSE after N steps', cfg=cfg),
+      summaries.learned_inner_lr_section(result, cfg),
       'Meta-test MSE after k adaptation steps (mean +- std over seeds):\n',
       '\n'.join(lines) + '\n',
       '![meta-test MSE](meta_loss.png) ![k-shot](kshot_mse.png)',
@@ -232,8 +249,8 @@ def run(argv, chunk_hook=None):
   return result
 
 
-main = common.cli_main(run)
+main = config.cli_main(run)
 
 if __name__ == '__main__':
-  common.set_defaults(DEFAULTS)
+  config.set_defaults(DEFAULTS)
   app.run(main)

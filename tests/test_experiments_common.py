@@ -1,4 +1,4 @@
-"""Tests of experiments/common.py: run folders, checkpoints, resume after a kill."""
+"""Tests of the launchers' shared modules: run folders, checkpoints, resume."""
 
 import json
 import os
@@ -10,7 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common
+import maml_jax as mj
+from experiments import config
+from experiments import loop
+from experiments import rundir
+from experiments import summaries
+from experiments import training
 from launcher_util import run_launcher
 from experiments import matrix_factorization as mf
 
@@ -89,7 +94,7 @@ def test_sweep_picks_and_records_hyperparameters(tmp_path):
   assert len(sweep['grid']) == 2 * 2  # meta lrs x deltas
   for algorithm in ('ggs_maml',):
     chosen = sweep['chosen'][algorithm]
-    assert common.HParams(**chosen) == result.hparams[algorithm]
+    assert config.HParams(**chosen) == result.hparams[algorithm]
     grid = [g for g in sweep['grid'] if g['algorithm'] == algorithm]
     best = min(grid, key=lambda g: g['validation_loss'])
     assert (best['meta_lr'], best['delta']) == (chosen['meta_lr'],
@@ -99,13 +104,13 @@ def test_sweep_picks_and_records_hyperparameters(tmp_path):
 
 
 def test_checkpointer_round_trip_with_optax_state(tmp_path):
-  opt = common.make_optimizer('adam', 1e-3)
+  opt = training.make_optimizer('adam', 1e-3)
   params = {'w': jnp.arange(3.0), 'b': jnp.ones((2, 2))}
-  state = jax.vmap(lambda p: common.mj.init_train_state(p, opt))(
+  state = jax.vmap(lambda p: mj.init_train_state(p, opt))(
       jax.tree.map(lambda x: jnp.stack([x, x + 1]), params))
-  tree = {'states': {'maml': state}, 'train_keys': common.seed_keys([0, 1])[1],
+  tree = {'states': {'maml': state}, 'train_keys': loop.seed_keys([0, 1])[1],
           'iteration': jnp.asarray(7, jnp.int32)}
-  ckpt = common.Checkpointer(tmp_path / 'ckpt')
+  ckpt = rundir.Checkpointer(tmp_path / 'ckpt')
   ckpt.save(7, tree)
   assert ckpt.latest_step() == 7
   like = jax.tree.map(jnp.zeros_like, tree)
@@ -117,25 +122,25 @@ def test_checkpointer_round_trip_with_optax_state(tmp_path):
 
 def test_make_optimizer_by_name():
   for name in ('sgd', 'adam', 'rmsprop', 'adamw'):
-    opt = common.make_optimizer(name, 0.1)
+    opt = training.make_optimizer(name, 0.1)
     state = opt.init(jnp.zeros(2))
     updates, _ = opt.update(jnp.ones(2), state, jnp.zeros(2))
     assert jnp.all(jnp.isfinite(updates))
   with pytest.raises(app.UsageError, match='not an optax optimizer'):
-    common.make_optimizer('not_an_optimizer', 0.1)
+    training.make_optimizer('not_an_optimizer', 0.1)
   with pytest.raises(app.UsageError):
-    common.check_optimizer_name('apply_updates')
+    config.check_optimizer_name('apply_updates')
   # The learning rate lives in the state: the same update function serves
   # every learning rate (what --sweep vmaps over).
-  opt = common.make_optimizer('sgd', 1.0)
-  state = jax.vmap(lambda lr: common.make_optimizer('sgd', lr).init(
+  opt = training.make_optimizer('sgd', 1.0)
+  state = jax.vmap(lambda lr: training.make_optimizer('sgd', lr).init(
       jnp.zeros(1)))(jnp.array([0.1, 0.2]))
   updates, _ = jax.vmap(lambda s: opt.update(jnp.ones(1), s))(state)
   np.testing.assert_allclose(updates[:, 0], [-0.1, -0.2], rtol=1e-6)
 
 
 def test_run_dir_atomic_files_and_truncate(tmp_path):
-  run = common.RunDir.create(str(tmp_path), None, resume=False,
+  run = rundir.RunDir.create(str(tmp_path), None, resume=False,
                              default_name='exp')
   run.append([{'algorithm': 'maml', 'seed': 0, 'iteration': i,
                'test_loss': float(i), 'train_loss': None if i == 0 else np.nan}
@@ -149,19 +154,19 @@ def test_run_dir_atomic_files_and_truncate(tmp_path):
           load_rows(tmp_path / 'exp' / 'metrics.jsonl', drop=())] == [0, 1]
   assert not [n for n in os.listdir(tmp_path / 'exp') if n.startswith('.tmp')]
   with pytest.raises(app.UsageError, match='already holds a run'):
-    common.RunDir.create(str(tmp_path), 'exp', resume=False,
+    rundir.RunDir.create(str(tmp_path), 'exp', resume=False,
                          default_name='exp')
   with pytest.raises(app.UsageError, match='no run'):
-    common.RunDir.create(str(tmp_path), None, resume=True,
+    rundir.RunDir.create(str(tmp_path), None, resume=True,
                          default_name='other')
-  assert common.RunDir.create(str(tmp_path), None, resume=True,
+  assert rundir.RunDir.create(str(tmp_path), None, resume=True,
                               default_name='exp').rows == rows[:2]
 
 
 def test_final_rows_and_curves():
   rows = [{'algorithm': a, 'seed': s, 'iteration': i, 'test_loss': i + s}
           for a in ('maml', 'fo_maml') for s in (0, 1) for i in (0, 5)]
-  assert common.final_rows(rows) == {'maml': [5, 6], 'fo_maml': [5, 6]}
+  assert summaries.final_rows(rows) == {'maml': [5, 6], 'fo_maml': [5, 6]}
   from experiments import plotting  # pylint: disable=g-import-not-at-top
   its, values = plotting.curves_by_algorithm(rows, 'test_loss')['maml']
   np.testing.assert_array_equal(its, [0, 5])
@@ -169,7 +174,7 @@ def test_final_rows_and_curves():
 
 
 def test_seed_keys_are_distinct_and_deterministic():
-  init, train = common.seed_keys([0, 1])
+  init, train = loop.seed_keys([0, 1])
   assert init.shape == train.shape == (2, 2)
   assert not np.array_equal(init[0], init[1])
-  np.testing.assert_array_equal(common.seed_keys([1])[1][0], train[1])
+  np.testing.assert_array_equal(loop.seed_keys([1])[1][0], train[1])

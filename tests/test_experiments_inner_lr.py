@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import maml_jax as mj
-from experiments import common
 from experiments import matrix_factorization as mf
 from experiments import models
 from experiments import sine
+from experiments import summaries
 from experiments import tasks as task_lib
 from launcher_util import run_launcher
 
@@ -93,7 +93,7 @@ def test_inner_lrs_grid_equals_separate_runs(tmp_path):
   grid_rows = load_rows(tmp_path / 'grid' / mf.NAME / 'metrics.jsonl')
   assert {r['inner_lr'] for r in grid_rows} == set(lrs)
   arms = {arm.name: arm for arm in grid.arms()}
-  assert sorted(arms) == sorted(common.arm_name('zo_maml', lr) for lr in lrs)
+  assert sorted(arms) == sorted(summaries.arm_name('zo_maml', lr) for lr in lrs)
   for lr in lrs:
     single = run_launcher(mf, base + [f'--inner_lr={lr}',
                                       f'--workdir={tmp_path}/{lr}'])
@@ -109,7 +109,7 @@ def test_inner_lrs_grid_equals_separate_runs(tmp_path):
           assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-7), (k, a, b)
         else:
           assert a[k] == b[k]
-    np.testing.assert_allclose(arms[common.arm_name('zo_maml', lr)].params,
+    np.testing.assert_allclose(arms[summaries.arm_name('zo_maml', lr)].params,
                                single.states['zo_maml'].params, rtol=1e-4,
                                atol=1e-7)
   summary = (tmp_path / 'grid' / mf.NAME / 'summary.md').read_text()

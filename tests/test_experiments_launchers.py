@@ -14,7 +14,8 @@ import time
 from absl import app
 import pytest
 
-from experiments import common
+from experiments import config
+from experiments import summaries
 from launcher_util import run_launcher
 from experiments import hessian_estimators
 from experiments import matrix_factorization as mf
@@ -41,7 +42,7 @@ def check_training_outputs(run, algorithms, seeds, num_evals):
     assert len(list(csv.DictReader(f))) == len(rows)
   summary = (run / 'summary.md').read_text()
   for algorithm in algorithms:
-    assert common.LABELS[algorithm] in summary
+    assert summaries.LABELS[algorithm] in summary
   assert (run / 'meta_loss.png').stat().st_size > 1000
   assert os.listdir(run / 'checkpoints')
   return rows
@@ -49,11 +50,11 @@ def check_training_outputs(run, algorithms, seeds, num_evals):
 
 def test_matrix_factorization_end_to_end(tmp_path):
   result = run_launcher(mf, [
-      '--algorithms=' + ','.join(common.ALGORITHMS), '--seeds=0',
+      '--algorithms=' + ','.join(config.ALGORITHMS), '--seeds=0',
       '--num_iterations=2', '--eval_every=2', '--num_test_tasks=4',
       '--tasks_per_batch=2', '--num_directions=2', f'--workdir={tmp_path}'])
-  rows = check_training_outputs(tmp_path / mf.NAME, common.ALGORITHMS, [0], 2)
-  assert set(result.states) == set(common.ALGORITHMS)
+  rows = check_training_outputs(tmp_path / mf.NAME, config.ALGORITHMS, [0], 2)
+  assert set(result.states) == set(config.ALGORITHMS)
   assert max(r['iteration'] for r in rows) == 2
 
 

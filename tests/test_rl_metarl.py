@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import maml_jax as mj
-from experiments import common
+from experiments import loop
+from experiments import rundir
 from experiments.rl import envs
 from experiments.rl import metarl
 from experiments.rl import registry
@@ -242,7 +243,7 @@ def test_launcher_runs_every_algorithm(tmp_path):
   # The report rebuilds the run from its folder: latest checkpoint, trained params.
   _, configs, settings, metas, states, step = train.load_run(str(run))
   assert step == 2 and settings['seeds'] == [0] and set(configs) == set(metas)
-  init = jax.vmap(metas['maml'].init)(common.seed_keys([0])[0])
+  init = jax.vmap(metas['maml'].init)(loop.seed_keys([0])[0])
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                        states['maml'].params, init.params)
   assert max(jax.tree.leaves(moved)) > 0
@@ -263,7 +264,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
   settings = dict(env='navigation2d', algorithms=('fo_maml',), seeds=(0,),
                   num_iterations=2, eval_every=1, eval_tasks=2, eval_steps=1)
   compiled = {}
-  full = common.RunDir(str(tmp_path / 'full'))
+  full = rundir.RunDir(str(tmp_path / 'full'))
   os.makedirs(full.path)
   train.run(env, configs, settings, full, compiled=compiled)
 
@@ -274,12 +275,12 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     if iteration == 1:
       raise Killed()
 
-  part = common.RunDir(str(tmp_path / 'part'))
+  part = rundir.RunDir(str(tmp_path / 'part'))
   os.makedirs(part.path)
   with pytest.raises(Killed):
     train.run(env, configs, settings, part, chunk_hook=kill, compiled=compiled)
   rows = [json.loads(l) for l in open(os.path.join(part.path, 'metrics.jsonl'))]
-  resumed = common.RunDir(part.path, rows)
+  resumed = rundir.RunDir(part.path, rows)
   train.run(env, configs, settings, resumed, resume=True, compiled=compiled)
   drop = lambda r: {k: v for k, v in r.items() if k not in ('wall_time', 'chunk_seconds')}
   assert [drop(r) for r in resumed.rows] == [drop(r) for r in full.rows]

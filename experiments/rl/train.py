@@ -5,15 +5,16 @@ r"""Meta-RL launcher: 2D navigation with MAML / FO / ZO / GGS(/ HF)-MAML and TRP
       --num_iterations=200 --workdir=/tmp/rl
 
 Every algorithm runs for every seed (seeds batched with ``jax.vmap``) in
-compiled chunks of ``--eval_every`` meta-iterations (``lax.scan``); after each
-chunk: held-out evaluation (return after 0..--eval_steps inner steps on fixed
-tasks), metrics.jsonl/.csv, an Orbax checkpoint. ``--resume`` continues from
-the latest checkpoint with exactly the metrics of an uninterrupted run
+compiled chunks of ``--eval_every`` meta-iterations (``lax.scan``), in the
+launchers' shared loop (``experiments.loop``); after each chunk: held-out
+evaluation (return after 0..--eval_steps inner steps on fixed tasks),
+metrics.jsonl/.csv, an Orbax checkpoint. ``--resume`` continues from the
+latest checkpoint with exactly the metrics of an uninterrupted run
 (iteration i draws its tasks, episodes and directions from
 ``fold_in(key, i)``). At the end: summary.md, learning curves and a picture
 of trajectories before/after adaptation (figures/ in the run folder).
 
-Shared flags (see experiments/common.py) keep their meaning: --tasks_per_batch
+Shared flags (see experiments/config.py) keep their meaning: --tasks_per_batch
 (tasks per meta-batch), --meta_optimizer (here 'trpo' or 'adam'), --meta_lr
 (Adam only), --inner_lr/--zo_inner_lr, --num_directions, --delta. --sweep is
 not supported for RL.
@@ -22,17 +23,18 @@ not supported for RL.
 import functools
 import json
 import os
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import maml_jax as mj
-from experiments import common
+from experiments import config
+from experiments import loop
+from experiments import rundir
+from experiments import summaries
 from experiments.rl import brax_envs
 from experiments.rl import metarl
 from experiments.rl import plots
@@ -64,7 +66,7 @@ def _define(define, name, *args, **kwargs):
 
 def define_flags():
   """The shared training flags plus the RL-specific ones (idempotent)."""
-  common.define_training_flags()
+  config.define_training_flags()
   d = _define
   d(flags.DEFINE_string, 'env', 'navigation2d',
     'Environment: navigation2d, halfcheetah_vel or halfcheetah_dir (the '
@@ -166,7 +168,7 @@ def make_configs():
     except (ValueError, TypeError) as e:
       raise app.UsageError(str(e)) from None
     configs[algorithm] = cfg
-  common.check_workdir(FLAGS.workdir)
+  config.check_workdir(FLAGS.workdir)
   settings = dict(env=env_name, env_kwargs=env_kwargs, algorithms=algorithms,
                   seeds=seeds,
                   num_iterations=resolve('num_iterations'),
@@ -208,25 +210,10 @@ def _from_tree(tree, like):
                        iteration=tree['iteration'])
 
 
-def _checkpoint(states, train_keys, iteration, wall):
-  """What a checkpoint holds (also the ``like`` tree that restores it)."""
-  return {'states': {a: _state_tree(s) for a, s in states.items()},
-          'train_keys': train_keys,
-          'iteration': jnp.asarray(iteration, jnp.int32),
-          'wall': {a: jnp.asarray(w, jnp.float32) for a, w in wall.items()}}
-
-
-def restore(checkpointer, step, states, train_keys):
-  """``(states, train_keys, iteration, wall)`` of checkpoint ``step``.
-
-  ``states`` and ``train_keys`` are freshly initialized ones (``seed_keys``,
-  ``meta.init``): they give the structure to restore into.
-  """
-  ckpt = checkpointer.restore(step, _checkpoint(
-      states, train_keys, 0, {a: 0.0 for a in states}))
-  states = {a: _from_tree(ckpt['states'][a], s) for a, s in states.items()}
-  wall = {a: float(ckpt['wall'][a]) for a in states}
-  return states, ckpt['train_keys'], int(ckpt['iteration']), wall
+# TRPO states are saved without their (empty) optimizer state, and with each
+# algorithm's wall time.
+CHECKPOINTS = loop.Checkpoints(state_to_tree=_state_tree,
+                               state_from_tree=_from_tree, with_wall=True)
 
 
 def load_run(path):
@@ -236,20 +223,21 @@ def load_run(path):
   its latest checkpoint (``states`` stacked over seeds).
   """
   with open(os.path.join(path, 'config.json')) as f:
-    config = json.load(f)
-  settings = config['settings']
+    saved = json.load(f)
+  settings = saved['settings']
   env = registry.make_env(settings['env'], **settings.get('env_kwargs', {}))
   configs = {a: metarl.RLConfig(**dict(c, hidden=tuple(c['hidden'])))
-             for a, c in config['rl_configs'].items()}
+             for a, c in saved['rl_configs'].items()}
   metas = {a: metarl.build(env, c) for a, c in configs.items()}
-  init_keys, train_keys = common.seed_keys(settings['seeds'])
+  init_keys, train_keys = loop.seed_keys(settings['seeds'])
   states = {a: jax.vmap(m.init)(init_keys) for a, m in metas.items()}
-  checkpointer = common.Checkpointer(os.path.join(path, 'checkpoints'))
+  checkpointer = rundir.Checkpointer(os.path.join(path, 'checkpoints'))
   try:
     step = checkpointer.latest_step()
     if step is None:
       raise ValueError(f'{path} has no checkpoint yet')
-    states, _, _, _ = restore(checkpointer, step, states, train_keys)
+    states, _, _, _ = loop.restore(checkpointer, step, CHECKPOINTS, states,
+                                   train_keys)
   finally:
     checkpointer.close()
   return env, configs, settings, metas, states, step
@@ -263,7 +251,7 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
     env: the ``envs.Env``.
     configs: ``{algorithm: metarl.RLConfig}``.
     settings: seeds, num_iterations, eval_every, eval_tasks, eval_steps.
-    run_dir: ``common.RunDir``.
+    run_dir: ``rundir.RunDir``.
     resume: continue from the latest checkpoint in ``run_dir``.
     chunk_hook: optional ``chunk_hook(iteration)`` after each checkpoint.
     compiled: optional dict, filled with the jitted functions and reused by
@@ -273,7 +261,7 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
     ``(metas, states, wall)``: built functions, final states, seconds per algorithm.
   """
   seeds = settings['seeds']
-  init_keys, train_keys = common.seed_keys(seeds)
+  init_keys, train_keys = loop.seed_keys(seeds)
   metas, runs, states, evaluate = {}, {}, {}, {}
   eval_key = jax.random.PRNGKey(EVAL_SEED)
   num_iterations, eval_every = settings['num_iterations'], settings['eval_every']
@@ -293,48 +281,19 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
     # The same w_0 per seed for every algorithm.
     states[algorithm] = jax.vmap(meta.init)(init_keys)
 
-  checkpointer = common.Checkpointer(run_dir.file('checkpoints'))
-  iteration = 0
-  wall = {a: 0.0 for a in configs}
-  step = checkpointer.latest_step() if resume else None
-  if step is not None:
-    states, train_keys, iteration, wall = restore(checkpointer, step, states,
-                                                  train_keys)
-    run_dir.truncate(iteration)
-    logging.info('resumed %s at iteration %d', run_dir.path, iteration)
-  else:
-    run_dir.truncate(-1)
+  def run_chunk(algorithm, length, state, keys):
+    return runs[algorithm][length](state, keys)
 
-  def eval_rows(algorithm, it):
-    returns, _, _ = evaluate[algorithm](states[algorithm].params)
-    returns = np.asarray(returns)
-    rows = []
-    for s, seed in enumerate(seeds):
-      row = {'algorithm': algorithm, 'seed': seed, 'iteration': it,
-             'kind': 'eval', 'wall_time': wall[algorithm]}
-      row.update({f'eval_return_{k}': float(v) for k, v in enumerate(returns[s])})
-      rows.append(row)
-    return rows
-
-  if iteration == 0:
-    for algorithm in configs:
-      run_dir.append(eval_rows(algorithm, 0))
-    run_dir.flush()
-
-  while iteration < num_iterations:
-    length = min(eval_every, num_iterations - iteration)
-    for algorithm, cfg in configs.items():
-      t0 = time.time()
-      states[algorithm], metrics = runs[algorithm][length](
-          states[algorithm], train_keys)
-      metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
-      seconds = time.time() - t0
-      wall[algorithm] += seconds
-      rows = []
+  def rows(algorithm, iteration, state, wall_time, chunk):
+    """Train rows of the chunk's iterations (if any), then the eval rows."""
+    out = []
+    if chunk is not None:
+      metrics = chunk.metrics
       for s, seed in enumerate(seeds):
-        for i in range(length):
+        for i in range(chunk.length):
           row = {'algorithm': algorithm, 'seed': seed,
-                 'iteration': iteration + i + 1, 'kind': 'train'}
+                 'iteration': iteration - chunk.length + i + 1,
+                 'kind': 'train'}
           ret = metrics['returns'][s, i]
           row.update({f'return_{j}': float(r) for j, r in enumerate(ret)})
           row['return_before'] = float(ret[0])
@@ -342,26 +301,36 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
           for k, v in metrics.items():
             if k != 'returns':
               row[k] = float(v[s, i])
-          rows.append(row)
-      run_dir.append(rows)
-      rows = eval_rows(algorithm, iteration + length)
-      for r in rows:
-        r['chunk_seconds'] = seconds
-      run_dir.append(rows)
-      logging.info('%s it %d: return before %.2f after %.2f (train, mean over '
-                   'seeds); eval %s; %.2fs/it', algorithm, iteration + length,
-                   np.mean(metrics['returns'][:, -1, 0]),
-                   np.mean(metrics['returns'][:, -1, -1]),
-                   ' '.join(f'{k}:{np.mean([r[k] for r in rows]):.2f}'
-                            for k in rows[0] if k.startswith('eval_return')),
-                   seconds / length)
-    iteration += length
-    run_dir.flush()
-    checkpointer.save(iteration, _checkpoint(states, train_keys, iteration, wall))
-    if chunk_hook is not None:
-      chunk_hook(iteration)
-  checkpointer.close()
-  return metas, states, wall
+          out.append(row)
+    returns, _, _ = evaluate[algorithm](state.params)
+    returns = np.asarray(returns)
+    for s, seed in enumerate(seeds):
+      row = {'algorithm': algorithm, 'seed': seed, 'iteration': iteration,
+             'kind': 'eval', 'wall_time': wall_time}
+      row.update({f'eval_return_{k}': float(v)
+                  for k, v in enumerate(returns[s])})
+      if chunk is not None:
+        row['chunk_seconds'] = chunk.seconds
+      out.append(row)
+    return out
+
+  def describe(algorithm, rows, chunk):
+    returns = chunk.metrics['returns']
+    evals = [r for r in rows if r['kind'] == 'eval']
+    return (f'{algorithm}: return before {np.mean(returns[:, -1, 0]):.2f} '
+            f'after {np.mean(returns[:, -1, -1]):.2f} (train, mean over '
+            'seeds); eval ' + ' '.join(
+                f'{k}:{np.mean([r[k] for r in evals]):.2f}'
+                for k in evals[0] if k.startswith('eval_return'))
+            + f'; {chunk.seconds / chunk.length:.2f}s/it')
+
+  done = loop.train_loop(
+      loop.Hooks(run_chunk=run_chunk, rows=rows, describe=describe,
+                 checkpoints=CHECKPOINTS),
+      run_dir, states, train_keys, num_iterations=num_iterations,
+      eval_every=eval_every, resume=resume, num_seeds=len(seeds),
+      chunk_hook=chunk_hook)
+  return metas, done.states, done.wall
 
 
 def summarize(env, configs, settings, run_dir, metas, states, wall):
@@ -406,7 +375,7 @@ def summarize(env, configs, settings, run_dir, metas, states, wall):
                      for k in range(settings['eval_steps'] + 1))
         + f' | {env_steps} | {wall[algorithm] / last:.3g} |')
   text = '\n'.join(lines) + '\n'
-  common.write_summary(run_dir, f"Meta-RL {settings['env']}", [
+  summaries.write_summary(run_dir, f"Meta-RL {settings['env']}", [
       f"{len(settings['seeds'])} seeds (mean +- std over seeds), "
       f"{last} meta-iterations.", text])
   return text
@@ -418,9 +387,9 @@ def main(argv):
   if FLAGS.env.startswith('halfcheetah'):
     brax_envs.use_cpu_xla_workaround()
   env, configs, settings = make_configs()
-  run_dir = common.RunDir.create(FLAGS.workdir, FLAGS.run_name,
+  run_dir = rundir.RunDir.create(FLAGS.workdir, FLAGS.run_name,
                                  resume=FLAGS.resume, default_name=NAME)
-  run_dir.write_config(common.config_dict(None, extra={
+  run_dir.write_config(rundir.config_dict(None, extra={
       'settings': settings,
       'rl_configs': {a: c._asdict() for a, c in configs.items()}}),
       resume=FLAGS.resume)
@@ -432,6 +401,6 @@ def main(argv):
 
 def entry():
   define_flags()
-  common.set_defaults({k: (','.join(v) if isinstance(v, tuple) else v)
+  config.set_defaults({k: (','.join(v) if isinstance(v, tuple) else v)
                        for k, v in DEFAULTS.items() if k != 'algorithms'})
   app.run(main)

@@ -1,0 +1,379 @@
+"""Flags and the resolved training configuration of the experiment launchers.
+
+Every launcher defines the flags it needs with the idempotent ``define_*``
+functions (``define_output_flags``: where outputs go, which seeds;
+``define_training_flags``: the meta-training hyperparameters;
+``define_inner_lr_flags``: learned or several fixed inner step sizes).
+Hyperparameter flags default to None, "the experiment's setting": the
+launcher's ``DEFAULTS``, which ``set_defaults`` shows in ``--help``.
+``training_config`` reads and checks them all into a ``TrainConfig`` before
+anything is compiled, so a bad flag fails in a second with a one-line
+``app.UsageError`` (``cli_main``).
+"""
+
+import dataclasses
+import inspect
+import math
+import os
+import sys
+import tempfile
+from typing import Optional
+
+from absl import app
+from absl import flags
+import optax
+
+import maml_jax as mj
+
+# The estimator names come from the library's registry.
+ALGORITHMS = mj.ESTIMATORS
+PAPER_ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml')
+# Algorithms with a smoothing / finite-difference radius delta.
+DELTA_ALGORITHMS = tuple(a for a in mj.ESTIMATORS
+                         if 'delta' in mj.estimator_hyperparameters(a))
+# Algorithms with Gaussian directions (num_directions = b).
+DIRECTION_ALGORITHMS = tuple(
+    a for a in mj.ESTIMATORS
+    if 'num_directions' in mj.estimator_hyperparameters(a))
+# --learn_inner_lr values: 'none' or a kind of mj.init_inner_lr.
+LEARN_INNER_LR = ('none', 'scalar', 'per_layer', 'per_parameter')
+
+FLAGS = flags.FLAGS
+
+
+def _define_once(define, name, *args, **kwargs):
+  if name not in FLAGS:
+    define(name, *args, **kwargs)
+
+
+def define_output_flags():
+  """Flags of every launcher: where outputs go, which seeds (idempotent)."""
+  _define_once(flags.DEFINE_string, 'workdir', '/tmp/maml_jax_experiments',
+               'Parent folder of the run folders; each run writes to '
+               '<workdir>/<run_name>/.')
+  _define_once(flags.DEFINE_string, 'run_name', None,
+               'Name of the run folder. Default: the experiment name, with a '
+               'numeric suffix if that folder is taken (with --resume: the '
+               'latest such folder).')
+  _define_once(flags.DEFINE_list, 'seeds', ['0', '1', '2'],
+               'Comma-separated integer seeds. Several seeds give mean and '
+               'spread bands; seeds are batched with jax.vmap.')
+
+
+def define_training_flags():
+  """The meta-training flags shared by the launchers (idempotent).
+
+  Hyperparameter flags default to None, meaning "the experiment's setting"
+  (each launcher's ``DEFAULTS``; ``set_defaults`` shows them in ``--help``).
+  """
+  define_output_flags()
+  d = _define_once
+  d(flags.DEFINE_list, 'algorithms', None,
+    'Comma-separated subset of ' + ','.join(ALGORITHMS) + '. Default: the '
+    "paper's four (" + ','.join(PAPER_ALGORITHMS) + ').')
+  d(flags.DEFINE_integer, 'num_inner_steps', None,
+    'N, inner gradient steps per task (eq. 1).')
+  d(flags.DEFINE_float, 'inner_lr', None, 'alpha, the inner stepsize (eq. 1).')
+  d(flags.DEFINE_float, 'zo_inner_lr', None,
+    'Inner stepsize alpha for zo_maml only (ZO-MAML needs a smaller one, '
+    'Proposition 5). Default: same as --inner_lr.')
+  d(flags.DEFINE_float, 'meta_lr', None, 'beta, the meta (outer) learning rate.')
+  d(flags.DEFINE_string, 'meta_optimizer', None,
+    'Meta optimizer: the name of any optax optimizer taking learning_rate '
+    '(sgd, adam, adamw, rmsprop, ...).')
+  d(flags.DEFINE_integer, 'num_directions', None,
+    'b, Gaussian directions per Hessian estimate (ZO eq. 17, GGS eq. 18).')
+  d(flags.DEFINE_float, 'delta', None,
+    'Smoothing radius of ZO/GGS (eqs. 17, 18) and finite-difference step '
+    'of HF-MAML.')
+  d(flags.DEFINE_integer, 'tasks_per_batch', None,
+    '|B|, tasks per meta-iteration (eq. 7).')
+  d(flags.DEFINE_integer, 'num_iterations', None, 'Meta-iterations to run.')
+  d(flags.DEFINE_integer, 'eval_every', None,
+    'Meta-iterations per compiled chunk; after each chunk: held-out '
+    'evaluation, logging, checkpoint.')
+  d(flags.DEFINE_boolean, 'resume', False,
+    'Continue the run in <workdir>/<run_name> from its latest checkpoint '
+    '(same flags required; --num_iterations may grow).')
+  d(flags.DEFINE_boolean, 'remat', False,
+    'Rematerialize the inner loop (less memory, more compute).')
+  d(flags.DEFINE_boolean, 'sweep', False,
+    "Before training, pick each algorithm's meta lr (and delta) from "
+    '--sweep_meta_lrs x --sweep_deltas by the validation-task loss after '
+    '--sweep_iterations meta-iterations (first seed).')
+  d(flags.DEFINE_list, 'sweep_meta_lrs', None,
+    'Meta learning rates tried by --sweep. Default: the experiment\'s grid.')
+  d(flags.DEFINE_integer, 'num_test_tasks', None,
+    'Fixed held-out tasks of the meta-test loss (validation tasks for '
+    '--sweep: as many, drawn separately).')
+  d(flags.DEFINE_integer, 'eval_seed', 12345,
+    'Seed of the fixed held-out test and validation tasks.')
+  d(flags.DEFINE_boolean, 'quick', False,
+    "The experiment's short preset (fewer meta-iterations, see the launcher's "
+    'docstring) unless --num_iterations/--eval_every are given.')
+  d(flags.DEFINE_list, 'sweep_deltas', ['1e-3', '1e-2', '1e-1'],
+    'Deltas tried by --sweep for zo_maml, ggs_maml, hf_maml.')
+  d(flags.DEFINE_integer, 'sweep_iterations', None,
+    'Meta-iterations per --sweep candidate. Default: --num_iterations // 4.')
+
+
+def define_inner_lr_flags():
+  """Flags of learned or several fixed inner step sizes (idempotent).
+
+  Defined by the supervised launchers (sine, matrix factorization), whose
+  arms ``training.train`` builds; the RL launcher does not take them.
+  """
+  d = _define_once
+  d(flags.DEFINE_enum, 'learn_inner_lr', 'none', list(LEARN_INNER_LR),
+    'Meta-learn the inner step sizes alpha together with w_0 (SPEC section '
+    '6), with the same meta optimizer: none (fixed --inner_lr), scalar (one '
+    'alpha), per_layer (one per parameter array) or per_parameter '
+    '(Meta-SGD). They start at --inner_lr (--zo_inner_lr for zo_maml), are '
+    'checkpointed, and the held-out evaluation adapts with them.')
+  d(flags.DEFINE_boolean, 'per_step_inner_lr', False,
+    'With --learn_inner_lr: one step size per inner step (MAML++), N of '
+    'them. An evaluation with more than N steps (the sine k-step curve) uses '
+    "the last step's value for the steps after N.")
+  d(flags.DEFINE_list, 'inner_lrs', None,
+    'Comma-separated fixed inner step sizes trained and evaluated as ONE '
+    'vmapped program per algorithm (a grid of inner_lr x seed); metrics rows '
+    'carry inner_lr and the summary has one line per value. Replaces '
+    '--inner_lr; not with --learn_inner_lr, --zo_inner_lr or --sweep.')
+
+
+def cli_main(run):
+  """``main(argv)`` for ``app.run``: a usage error is one line and exit code 2.
+
+  absl's own handling of ``app.UsageError`` prints the whole module docstring;
+  a launcher's flag mistakes should be one line on stderr instead.
+  """
+  def main(argv):
+    try:
+      run(argv)
+    except app.UsageError as e:
+      print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
+      sys.exit(2)
+  return main
+
+
+def set_defaults(defaults):
+  """Sets experiment defaults of flags (call before ``app.run``, for --help)."""
+  for name, value in defaults.items():
+    if name in FLAGS:
+      FLAGS.set_default(name, value)
+
+
+def flag_or_default(name, defaults):
+  """The value of flag ``name``, or ``defaults[name]`` if it is left at None."""
+  value = FLAGS[name].value
+  return defaults.get(name) if value is None else value
+
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+  """Per-algorithm hyperparameters that ``--sweep`` may change.
+
+  ``inner_lr`` is alpha, or the initial alpha with ``--learn_inner_lr``.
+  """
+  meta_lr: float
+  delta: float
+  inner_lr: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Resolved meta-training configuration (flags + experiment defaults)."""
+  experiment: str
+  algorithms: tuple
+  num_inner_steps: int
+  inner_lr: float
+  zo_inner_lr: float
+  meta_lr: float
+  meta_optimizer: str
+  num_directions: int
+  delta: float
+  tasks_per_batch: int
+  num_iterations: int
+  eval_every: int
+  seeds: tuple
+  workdir: str
+  run_name: Optional[str]
+  resume: bool
+  remat: bool
+  sweep: bool
+  sweep_meta_lrs: tuple
+  sweep_deltas: tuple
+  sweep_iterations: int
+  # 'none', or the kind of learned inner step sizes (--learn_inner_lr).
+  learn_inner_lr: str = 'none'
+  per_step_inner_lr: bool = False
+  # --inner_lrs: fixed inner step sizes trained as one vmapped grid; () = off.
+  inner_lrs: tuple = ()
+
+  @property
+  def learned(self):
+    """Whether the inner step sizes are meta-parameters."""
+    return self.learn_inner_lr != 'none'
+
+  def hparams(self, algorithm):
+    inner_lr = self.zo_inner_lr if algorithm == 'zo_maml' else self.inner_lr
+    return HParams(meta_lr=self.meta_lr, delta=self.delta, inner_lr=inner_lr)
+
+
+def parse_floats(name, values):
+  """The list flag ``--name`` as floats; ``app.UsageError`` if one is not."""
+  try:
+    return tuple(float(v) for v in values)
+  except (TypeError, ValueError):
+    raise app.UsageError(f'--{name} must be a comma-separated list of numbers, '
+                         f'got {values!r}') from None
+
+
+def parse_ints(name, values):
+  """The list flag ``--name`` as integers; ``app.UsageError`` if one is not."""
+  try:
+    return tuple(int(v) for v in values)
+  except (TypeError, ValueError):
+    raise app.UsageError(f'--{name} must be a comma-separated list of integers, '
+                         f'got {values!r}') from None
+
+
+def check_optimizer_name(name):
+  """Raises ``app.UsageError`` unless ``optax.<name>(learning_rate=...)`` exists."""
+  fn = getattr(optax, name, None) if name and not name.startswith('_') else None
+  ok = callable(fn)
+  if ok:
+    try:
+      ok = 'learning_rate' in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+      ok = False
+  if not ok:
+    raise app.UsageError(f'--meta_optimizer={name!r} is not an optax optimizer '
+                         'taking learning_rate (e.g. sgd, adam)')
+
+
+def check_workdir(workdir):
+  """Raises ``app.UsageError`` unless ``workdir`` can be created and written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise app.UsageError(f'--workdir={workdir!r} is not writable: '
+                         f'{e.strerror or e}') from None
+
+
+def _inner_lr_config():
+  """The TrainConfig fields of ``define_inner_lr_flags``; checks them.
+
+  Launchers that do not define those flags (RL) get the defaults.
+  """
+  if 'learn_inner_lr' not in FLAGS:
+    return {}
+  learn = FLAGS.learn_inner_lr
+  per_step = FLAGS.per_step_inner_lr
+  lrs = parse_floats('inner_lrs', FLAGS.inner_lrs or ())
+  if per_step and learn == 'none':
+    raise app.UsageError('--per_step_inner_lr needs --learn_inner_lr '
+                         '(scalar, per_layer or per_parameter)')
+  if FLAGS.inner_lrs is not None:
+    if not lrs:
+      raise app.UsageError('--inner_lrs must list at least one step size')
+    if min(lrs) <= 0 or not all(math.isfinite(v) for v in lrs):
+      raise app.UsageError(f'--inner_lrs must be positive numbers, got '
+                           f'{",".join(FLAGS.inner_lrs)}')
+    if len(set(lrs)) != len(lrs):
+      raise app.UsageError('--inner_lrs lists a step size twice')
+    conflicts = [name for name, given in (
+        ('--learn_inner_lr', learn != 'none'),
+        ('--inner_lr', FLAGS['inner_lr'].present),
+        ('--zo_inner_lr', FLAGS['zo_inner_lr'].present),
+        ('--sweep', FLAGS.sweep)) if given]
+    if conflicts:
+      raise app.UsageError(
+          f'--inner_lrs cannot be combined with {", ".join(conflicts)}: it '
+          'trains each listed fixed step size (in place of --inner_lr) for '
+          'every algorithm with the given meta lr and delta')
+  return dict(learn_inner_lr=learn, per_step_inner_lr=per_step,
+              inner_lrs=lrs)
+
+
+def training_config(experiment, defaults):
+  """Reads and validates the training flags; raises ``app.UsageError``.
+
+  Runs before anything is compiled, so a bad flag fails in a second.
+
+  Args:
+    experiment: name of the experiment (the default run folder name).
+    defaults: the launcher's defaults for flags left at None.
+
+  Returns:
+    A ``TrainConfig``.
+  """
+  algorithms = FLAGS.algorithms or defaults.get('algorithms', PAPER_ALGORITHMS)
+  algorithms = tuple(a.strip() for a in algorithms if a.strip())
+  unknown = [a for a in algorithms if a not in ALGORITHMS]
+  if unknown or not algorithms:
+    raise app.UsageError(f'--algorithms: unknown algorithm(s) {unknown} '
+                         f'(choose from {",".join(ALGORITHMS)})')
+  if len(set(algorithms)) != len(algorithms):
+    raise app.UsageError('--algorithms lists an algorithm twice')
+  get = lambda name: flag_or_default(name, defaults)
+  inner_lr = get('inner_lr')
+  zo_inner_lr = get('zo_inner_lr')
+  zo_inner_lr = inner_lr if zo_inner_lr is None else zo_inner_lr
+  seeds = parse_ints('seeds', FLAGS.seeds)
+  num_iterations = get('num_iterations')
+  sweep_iterations = get('sweep_iterations') or max(1, num_iterations // 4)
+  cfg = TrainConfig(
+      experiment=experiment,
+      algorithms=algorithms,
+      num_inner_steps=get('num_inner_steps'),
+      inner_lr=inner_lr,
+      zo_inner_lr=zo_inner_lr,
+      meta_lr=get('meta_lr'),
+      meta_optimizer=get('meta_optimizer'),
+      num_directions=get('num_directions'),
+      delta=get('delta'),
+      tasks_per_batch=get('tasks_per_batch'),
+      num_iterations=num_iterations,
+      eval_every=get('eval_every'),
+      seeds=seeds,
+      workdir=FLAGS.workdir,
+      run_name=FLAGS.run_name,
+      resume=FLAGS.resume,
+      remat=FLAGS.remat,
+      sweep=FLAGS.sweep,
+      sweep_meta_lrs=parse_floats('sweep_meta_lrs',
+                                  get('sweep_meta_lrs') or ()),
+      sweep_deltas=parse_floats('sweep_deltas', FLAGS.sweep_deltas),
+      sweep_iterations=sweep_iterations,
+      **_inner_lr_config(),
+  )
+  positive = {'inner_lr': cfg.inner_lr, 'zo_inner_lr': cfg.zo_inner_lr,
+              'meta_lr': cfg.meta_lr, 'delta': cfg.delta}
+  for name, value in positive.items():
+    if value is None or not value > 0 or not math.isfinite(value):
+      raise app.UsageError(f'--{name} must be a positive number, got {value}')
+  counts = {'num_inner_steps': cfg.num_inner_steps,
+            'num_directions': cfg.num_directions,
+            'tasks_per_batch': cfg.tasks_per_batch,
+            'num_iterations': cfg.num_iterations,
+            'eval_every': cfg.eval_every,
+            'sweep_iterations': cfg.sweep_iterations}
+  for name, value in counts.items():
+    if value is None or value < 1:
+      raise app.UsageError(f'--{name} must be a positive integer, got {value}')
+  if not seeds:
+    raise app.UsageError('--seeds must list at least one seed')
+  if len(set(seeds)) != len(seeds):
+    raise app.UsageError('--seeds lists a seed twice')
+  if cfg.sweep:
+    if not cfg.sweep_meta_lrs or min(cfg.sweep_meta_lrs) <= 0:
+      raise app.UsageError('--sweep_meta_lrs must be positive numbers')
+    if not cfg.sweep_deltas or min(cfg.sweep_deltas) <= 0:
+      raise app.UsageError('--sweep_deltas must be positive numbers')
+  check_optimizer_name(cfg.meta_optimizer)
+  check_workdir(cfg.workdir)
+  return cfg

@@ -1,0 +1,252 @@
+"""The one chunked training loop of the launchers, with its one resume path.
+
+Every launcher trains several algorithms side by side, each as one state
+whose leaves have a leading member axis (the seeds, or with ``--inner_lrs``
+the grid (inner_lr, seed), batched with ``jax.vmap``). ``train_loop`` runs
+them in compiled chunks of ``eval_every`` iterations; after each chunk it
+appends the metric rows of every algorithm, rewrites metrics.jsonl/.csv,
+saves an Orbax checkpoint (states, train keys, iteration) and logs progress.
+
+``resume`` continues from the latest complete checkpoint, dropping the rows
+written after it, and reproduces exactly the metrics of an uninterrupted
+run: iteration i of a fused run draws its tasks (episodes, directions) from
+``fold_in(key, i)``, and the keys and states are in the checkpoint.
+
+What differs between the supervised launchers (``training.train``) and
+meta-RL (``experiments/rl/train.py``) is in ``Hooks``: how a chunk runs,
+what the rows after it hold (held-out evaluation, training metrics), what
+the progress line says, and how a state is checkpointed (``Checkpoints``).
+"""
+
+import math
+import time
+from typing import Callable, NamedTuple, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import rundir
+
+
+class Chunk(NamedTuple):
+  """What ``Hooks.rows`` learns of the chunk that just ran.
+
+  Attributes:
+    length: its number of iterations.
+    metrics: the chunk's metrics (host numpy), leading axis: the members.
+    seconds: its wall time (compilation included for the first chunk).
+  """
+  length: int
+  metrics: object
+  seconds: float
+
+
+def _as_is(state):
+  return state
+
+
+def _restored(tree, like):
+  del like  # the restored tree already has the structure of the state
+  return tree
+
+
+class Checkpoints(NamedTuple):
+  """How the states of one launcher are checkpointed.
+
+  Attributes:
+    state_to_tree: a state as saved (default: as it is).
+    state_from_tree: ``state_from_tree(tree, like)``, the state of a restored
+      ``tree``; ``like`` is a fresh state (default: the tree as it is).
+    with_wall: whether checkpoints also hold each algorithm's training wall
+      time (meta-RL's do); otherwise a resume reads it from the metric rows
+      of the restored iteration.
+  """
+  state_to_tree: Callable = _as_is
+  state_from_tree: Callable = _restored
+  with_wall: bool = False
+
+
+class Hooks(NamedTuple):
+  """What one launcher's training does in ``train_loop``.
+
+  Attributes:
+    run_chunk: ``run_chunk(algorithm, length, state, train_keys) -> (state,
+      metrics)``: ``length`` iterations of every member (compiled).
+    rows: ``rows(algorithm, iteration, state, wall_time, chunk) -> [row]``,
+      the metric rows (dicts with 'algorithm', 'seed', 'iteration') at
+      ``iteration``: after a chunk (``chunk`` a ``Chunk``), or of the
+      initial state (``chunk`` None, iteration 0). ``wall_time``: the
+      algorithm's seconds of training so far.
+    describe: ``describe(algorithm, rows, chunk) -> str``, the algorithm's
+      part of the progress line logged after each chunk.
+    checkpoints: ``Checkpoints``.
+  """
+  run_chunk: Callable
+  rows: Callable
+  describe: Callable
+  checkpoints: Checkpoints = Checkpoints()
+
+
+class LoopResult(NamedTuple):
+  """Output of ``train_loop``.
+
+  Attributes:
+    states: ``{algorithm: state}``, the final states.
+    wall: ``{algorithm: float}``, seconds of training (all runs of a resumed
+      training together).
+    seconds_per_iteration: ``{algorithm: float}``, wall seconds per
+      iteration for all members together, over the chunks of this call after
+      the first (which includes compilation) when there were several.
+  """
+  states: dict
+  wall: dict
+  seconds_per_iteration: dict
+
+
+def seed_keys(seeds):
+  """(init keys, train keys), one per seed, each of shape [num_seeds, 2]."""
+  keys = [jax.random.PRNGKey(s) for s in seeds]
+  init = jnp.stack([jax.random.fold_in(k, 0) for k in keys])
+  train_keys = jnp.stack([jax.random.fold_in(k, 1) for k in keys])
+  return init, train_keys
+
+
+def to_host(tree):
+  """``tree`` with its arrays copied to host numpy."""
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def format_value(x):
+  """A metric for a log line: 4 significant digits, 'nan' if not finite."""
+  return 'nan' if x is None or not math.isfinite(x) else f'{x:.4g}'
+
+
+def checkpoint_tree(checkpoints, states, train_keys, iteration, wall):
+  """What a checkpoint holds (also the structure that restores one)."""
+  tree = {'states': {a: checkpoints.state_to_tree(s)
+                     for a, s in states.items()},
+          'train_keys': train_keys,
+          'iteration': jnp.asarray(iteration, jnp.int32)}
+  if checkpoints.with_wall:
+    tree['wall'] = {a: jnp.asarray(w, jnp.float32) for a, w in wall.items()}
+  return tree
+
+
+def restore(checkpointer, step, checkpoints, states, train_keys):
+  """``(states, train_keys, iteration, wall)`` of checkpoint ``step``.
+
+  Args:
+    checkpointer: a ``rundir.Checkpointer``.
+    step: the checkpoint to restore.
+    checkpoints: the launcher's ``Checkpoints``.
+    states: ``{algorithm: state}``, fresh ones: they give the structure.
+    train_keys: fresh train keys (``seed_keys``), for the structure.
+
+  Returns:
+    The restored states, train keys and iteration, and ``{algorithm: wall
+    seconds}`` (None unless ``checkpoints.with_wall``).
+  """
+  tree = checkpointer.restore(step, checkpoint_tree(
+      checkpoints, states, train_keys, 0, {a: 0.0 for a in states}))
+  states = {a: checkpoints.state_from_tree(tree['states'][a], s)
+            for a, s in states.items()}
+  wall = ({a: float(tree['wall'][a]) for a in states}
+          if checkpoints.with_wall else None)
+  return states, tree['train_keys'], int(tree['iteration']), wall
+
+
+def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
+               eval_every, resume, num_seeds, chunk_hook=None):
+  """Trains ``states`` to ``num_iterations`` in chunks, with checkpoints.
+
+  Args:
+    hooks: the launcher's ``Hooks``.
+    run_dir: ``rundir.RunDir`` (the rows of a resumed run already loaded).
+    states: ``{algorithm: state}``, the initial states (leading member axis).
+    train_keys: the members' train keys, passed to every chunk.
+    num_iterations: iterations to reach (may grow on resume).
+    eval_every: iterations per chunk (the last one may be shorter).
+    resume: continue from the latest checkpoint of ``run_dir``, if any.
+    num_seeds: seeds per algorithm (for the progress line).
+    chunk_hook: optional ``chunk_hook(iteration)`` called after each
+      checkpoint (tests use it to simulate a kill).
+
+  Returns:
+    ``LoopResult``.
+  """
+  states = dict(states)
+  wall = {a: 0.0 for a in states}
+  iteration = 0
+  checkpointer = rundir.Checkpointer(run_dir.file('checkpoints'))
+  try:
+    step = checkpointer.latest_step() if resume else None
+    if step is not None:
+      states, train_keys, iteration, saved_wall = restore(
+          checkpointer, step, hooks.checkpoints, states, train_keys)
+      run_dir.truncate(iteration)
+      if saved_wall is not None:
+        wall = saved_wall
+      else:
+        for r in run_dir.rows:
+          if r['iteration'] == iteration and r.get('wall_time') is not None:
+            wall[r['algorithm']] = r['wall_time']
+      logging.info('resumed %s at iteration %d', run_dir.path, iteration)
+    else:
+      run_dir.truncate(-1)
+
+    if iteration == 0:
+      for algorithm, state in states.items():
+        run_dir.append(hooks.rows(algorithm, 0, state, wall[algorithm], None))
+      run_dir.flush()
+
+    chunk_times = {a: [] for a in states}
+    start_iteration, start_time = iteration, None
+    while iteration < num_iterations:
+      length = min(eval_every, num_iterations - iteration)
+      parts = []
+      chunk_start = time.time()
+      for algorithm in states:
+        t0 = time.time()
+        states[algorithm], metrics = hooks.run_chunk(
+            algorithm, length, states[algorithm], train_keys)
+        metrics = to_host(metrics)
+        seconds = time.time() - t0
+        wall[algorithm] += seconds
+        chunk_times[algorithm].append((length, seconds))
+        chunk = Chunk(length, metrics, seconds)
+        rows = hooks.rows(algorithm, iteration + length, states[algorithm],
+                          wall[algorithm], chunk)
+        run_dir.append(rows)
+        parts.append(hooks.describe(algorithm, rows, chunk))
+      iteration += length
+      run_dir.flush()
+      checkpointer.save(iteration, checkpoint_tree(
+          hooks.checkpoints, states, train_keys, iteration, wall))
+      # Rate over the chunks after the first (which includes compilation).
+      if start_time is None:
+        rate = length / max(time.time() - chunk_start, 1e-9)
+        start_iteration, start_time = iteration, time.time()
+      else:
+        rate = (iteration - start_iteration) / max(time.time() - start_time,
+                                                   1e-9)
+      eta = (num_iterations - iteration) / max(rate, 1e-9)
+      logging.info(
+          'iteration %d/%d (%.0f%%), %.1f it/s (all algorithms, %d seeds), '
+          'ETA %.0fs | %s', iteration, num_iterations,
+          100.0 * iteration / num_iterations, rate, num_seeds, eta,
+          ' | '.join(parts))
+      if chunk_hook is not None:
+        chunk_hook(iteration)
+  finally:
+    checkpointer.close()
+
+  seconds_per_iteration = {}
+  for algorithm, times in chunk_times.items():
+    steady = times[1:] or times
+    if steady:
+      seconds_per_iteration[algorithm] = (
+          sum(t for _, t in steady) / sum(n for n, _ in steady))
+  return LoopResult(states=states, wall=wall,
+                    seconds_per_iteration=seconds_per_iteration)

@@ -8,6 +8,8 @@ checkpoints), ``loop`` (the chunked training loop and its resume),
 imports ``experiments.summaries``.
 """
 
-from experiments.summaries import arm_label  # pylint: disable=unused-import
-from experiments.summaries import LABELS  # pylint: disable=unused-import
-from experiments.summaries import row_arm  # pylint: disable=unused-import
+from experiments.summaries import arm_label
+from experiments.summaries import LABELS
+from experiments.summaries import row_arm
+
+__all__ = ('LABELS', 'arm_label', 'row_arm')

@@ -20,7 +20,7 @@ the progress line says, and how a state is checkpointed (``Checkpoints``).
 
 import math
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 from absl import logging
 import jax

@@ -6,9 +6,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from experiments.common import arm_label  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.common import LABELS  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.common import row_arm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.summaries import arm_label  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.summaries import row_arm  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 COLORS = {
     'maml': 'tab:blue',
@@ -31,7 +30,7 @@ def curves_by_algorithm(rows, metric):
   """``{arm: (iterations [T], values [num_seeds, T])}`` from metric rows.
 
   The arm is the algorithm, or 'algorithm@alpha=<value>' for the rows of an
-  ``--inner_lrs`` grid (``common.row_arm``). Missing (None) values become NaN.
+  ``--inner_lrs`` grid (``summaries.row_arm``). Missing (None) values become NaN.
   """
   data = {}
   for r in rows:
@@ -110,7 +109,7 @@ def plot_k_step_curves(curves, path, *, title=None, logy=False, styles=None,
 
   Args:
     curves: ``{arm: array [num_seeds, K + 1]}`` (MSE after k = 0..K steps,
-      per seed); an arm is an algorithm or ``common.arm_name``'s
+      per seed); an arm is an algorithm or ``summaries.arm_name``'s
       'algorithm@alpha=<value>'.
     path: output PNG path.
     title: figure title.

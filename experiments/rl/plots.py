@@ -3,7 +3,8 @@
 import numpy as np
 
 from experiments import plotting
-from experiments.plotting import COLORS, LABELS, plt  # pylint: disable=unused-import
+from experiments.plotting import COLORS, plt  # pylint: disable=unused-import
+from experiments.summaries import LABELS
 
 
 def _smooth(x, window):

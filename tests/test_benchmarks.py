@@ -343,3 +343,39 @@ def test_rl_speed_smoke(tmp_path):
   assert res['meta_iteration_s']['fo_maml']['seconds'] > 0
   assert res['meta_iteration_s']['fo_maml']['meta_gradient_s'] > 0
   assert res['inner_loss_gradient_s'] > 0
+
+
+def test_convnet_section_smoke(tmp_path):
+  """``--quick --sections=convnet``: every row and implementation present; the
+  speedups are best-torch ms / implementation ms of the per-round medians."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.run', '--quick', '--sections=convnet',
+       f'--out_dir={tmp_path}', '--name=conv', '--noplots'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'conv.json') as f:
+    res = json.load(f)
+  conv = res['convnet']
+  spec = res['meta']['config']['convnet']
+  assert [r['algorithm'] for r in conv['rows']] == spec['algorithms']
+  for r in conv['rows']:
+    want = {'torch_loop', 'torch_func', 'jax_step', 'jax_fused'}
+    if r['algorithm'] in spec['naive_algorithms']:
+      want.add('jax_step_vmap_xla')
+    if conv['torchopt'] and r['algorithm'] in ('maml', 'fo_maml'):
+      want.add('torch_torchopt')
+    assert want <= set(r), r.keys()
+    assert r['jax_fused']['params_finite']
+    best = min(r['torch_loop']['ms'], r['torch_func']['ms'])
+    assert r['best_torch']['ms'] == best
+    for name, st in r['speedup_stats'].items():
+      assert len(r[name]['round_ms']) == conv['rounds']
+      best_rounds = r[r['best_torch']['impl'].join(['torch_', ''])]['round_ms']
+      per_round = [a / b for a, b in zip(best_rounds, r[name]['round_ms'])]
+      np.testing.assert_allclose(st['per_round'], per_round)
+      assert r['speedup'][name] == pytest.approx(statistics.median(per_round))
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  md = report.markdown(res)
+  assert '## Few-shot conv net' in md
+  for r in conv['rows']:
+    assert f'| {r["algorithm"]} |' in md

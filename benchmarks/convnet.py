@@ -48,11 +48,8 @@ from experiments import models
 
 
 def torchopt_available():
-  try:
-    import torchopt  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return importlib.util.find_spec('torchopt') is not None
 
 
 def sample_tasks(key, num_tasks, *, ways, shots, query, image_shape=(28, 28, 1),

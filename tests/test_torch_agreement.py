@@ -141,12 +141,8 @@ def test_convnet_agreement_float64(algorithm):
   assert int(aux.num_nonfinite) == 0
   assert flat_dtype(mean_jax) == np.float64
   impls = ['loop']
-  try:
-    import torchopt  # pylint: disable=g-import-not-at-top,unused-import
-    if algorithm in tr.TORCHOPT_ALGORITHMS:
-      impls.append('torchopt')
-  except ImportError:
-    pass
+  if convnet.torchopt_available() and algorithm in tr.TORCHOPT_ALGORITHMS:
+    impls.append('torchopt')
   for impl in impls:
     mean_torch, _ = tr.meta_gradient(
         tr.CONVNET, algorithm, jax.tree.map(np.asarray, params),

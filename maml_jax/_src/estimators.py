@@ -27,6 +27,7 @@ the step sizes too, from the same recursion: dL/d alpha_j = -g_j ⊙ v_{j+1}.
 """
 
 import functools
+import inspect
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -281,7 +282,7 @@ def _explicit_product(s: _Settings, hvp: base.HvpOracle):
       v, lr_grads = jax.lax.scan(
           backward_segment, v,
           (jnp.arange(seg.num_segments), fwd.segment_starts), reverse=True)
-      lr_grads = loop._flatten_steps(lr_grads)  # pylint: disable=protected-access
+      lr_grads = loop.flatten_steps(lr_grads)
     grads_lr = ss.collect(lr_grads) if call.learned else None
     return _finish(s, call, grads_w=v, grads_lr=grads_lr, w_n=w_n,
                    losses=losses, support=support, query=query,
@@ -498,7 +499,6 @@ ESTIMATORS = tuple(_FACTORIES)
 def hyperparameters(name: str) -> tuple[str, ...]:
   """The keyword arguments the estimator ``name`` takes (besides loss_fn)."""
   _check_name(name)
-  import inspect  # pylint: disable=g-import-not-at-top
   sig = inspect.signature(_FACTORIES[name])
   return tuple(p.name for p in sig.parameters.values()
                if p.kind is inspect.Parameter.KEYWORD_ONLY)

@@ -182,7 +182,7 @@ class InnerLoop:
 
     return jax.lax.scan(body, params, start + jnp.arange(length))
 
-  def _flatten_steps(self, stacked):
+  def flatten_steps(self, stacked):
     """[segments, length, ...] -> [N, ...] (drops the padding steps)."""
     return jax.tree.map(
         lambda x: x.reshape((-1,) + x.shape[2:])[:self.num_steps], stacked)
@@ -206,7 +206,7 @@ class InnerLoop:
       segment = jax.checkpoint(segment)
     w_n, (starts, steps) = jax.lax.scan(segment, params,
                                         jnp.arange(seg.num_segments))
-    return Forward(w_n, starts, self._flatten_steps(steps))
+    return Forward(w_n, starts, self.flatten_steps(steps))
 
   def trajectory(self, params):
     """All N steps keeping every iterate: (w_N, ``Steps`` with the w_j)."""

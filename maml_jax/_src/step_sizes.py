@@ -172,10 +172,6 @@ class StepSizes:
     """dL/d alpha_j = -g_j ⊙ v_{j+1}, reduced to the shape of alpha_j."""
     return self.reduce(jax.tree.map(lambda g, v: -(g * v), g_j, v_next))
 
-  def zeros_like_step(self, params):
-    """A zero gradient for one step's alpha (for masking padded steps)."""
-    return self.reduce(jax.tree.map(jnp.zeros_like, params))
-
   def collect(self, per_step_grads):
     """[N]-stacked per-step gradients -> the gradient shaped like ``value``."""
     if self.per_step:

@@ -66,17 +66,13 @@ def _estimator(algorithm, loss_fn, hp):
 
 
 
-def prepare_jax_step(problem, algorithm, hp, *, compiler_options,
-                     learned_lr=None):
-  """maml_jax jitted meta-train step on a fixed task batch.
+def step_case(step, state, tasks, compiler_options, **info):
+  """A timing case: the jitted train ``step`` on a fixed task batch.
 
-  ``learned_lr``: None (alpha fixed at ``hp['inner_lr']``) or the kind of
-  learned step size (``mj.init_inner_lr``), trained with the parameters.
+  Each call advances the state and folds the call count into the key. ``info``
+  (e.g. the task batching) is recorded between the compile time and the XLA
+  memory analysis.
   """
-  loss_fn, params, tasks = _setup(problem, hp, learned_lr=learned_lr)
-  opt = _optimizer(hp)
-  step = mj.make_train_step(_estimator(algorithm, loss_fn, hp), opt)
-  state = mj.init_train_state(params, opt)
   key = jax.random.PRNGKey(1)
   t0 = time.perf_counter()
   compiled = step.lower(state, tasks, key).compile(compiler_options=compiler_options)
@@ -91,20 +87,12 @@ def prepare_jax_step(problem, algorithm, hp, *, compiler_options,
     holder['state'] = new_state
 
   return {'once': once, 'divisor': 1,
-          'info': {'compile_s': compile_s, 'xla_memory': memory.analysis_bytes(compiled)}}
+          'info': {'compile_s': compile_s, **info,
+                   'xla_memory': memory.analysis_bytes(compiled)}}
 
 
-def prepare_jax_fused(problem, algorithm, hp, *, num_iterations, compiler_options,
-                      learned_lr=None):
-  """maml_jax fused run: ``num_iterations`` meta-iterations per compiled call.
-
-  ``learned_lr`` as in ``prepare_jax_step``.
-  """
-  loss_fn, params, _ = _setup(problem, hp, learned_lr=learned_lr)
-  opt = _optimizer(hp)
-  run = mj.make_fused_train(_estimator(algorithm, loss_fn, hp), opt,
-                            _sampler(problem, hp), num_iterations)
-  state = mj.init_train_state(params, opt)
+def fused_case(run, state, num_iterations, compiler_options, **info):
+  """A timing case: the fused ``run`` (``num_iterations`` meta-iterations per call)."""
   key = jax.random.PRNGKey(2)
   t0 = time.perf_counter()
   compiled = run.lower(state, key).compile(compiler_options=compiler_options)
@@ -117,11 +105,40 @@ def prepare_jax_fused(problem, algorithm, hp, *, num_iterations, compiler_option
     holder['state'] = new_state
 
   def finite():
-    return bool(np.all(np.isfinite(jax.tree.leaves(holder['state'].params)[0])))
+    return bool(all(np.all(np.isfinite(x))
+                    for x in jax.tree.leaves(holder['state'].params)))
 
   return {'once': once, 'divisor': num_iterations, 'finite': finite,
           'info': {'num_iterations': num_iterations, 'compile_s': compile_s,
-                   'xla_memory': memory.analysis_bytes(compiled)}}
+                   **info, 'xla_memory': memory.analysis_bytes(compiled)}}
+
+
+def prepare_jax_step(problem, algorithm, hp, *, compiler_options,
+                     learned_lr=None):
+  """maml_jax jitted meta-train step on a fixed task batch.
+
+  ``learned_lr``: None (alpha fixed at ``hp['inner_lr']``) or the kind of
+  learned step size (``mj.init_inner_lr``), trained with the parameters.
+  """
+  loss_fn, params, tasks = _setup(problem, hp, learned_lr=learned_lr)
+  opt = _optimizer(hp)
+  step = mj.make_train_step(_estimator(algorithm, loss_fn, hp), opt)
+  return step_case(step, mj.init_train_state(params, opt), tasks,
+                   compiler_options)
+
+
+def prepare_jax_fused(problem, algorithm, hp, *, num_iterations, compiler_options,
+                      learned_lr=None):
+  """maml_jax fused run: ``num_iterations`` meta-iterations per compiled call.
+
+  ``learned_lr`` as in ``prepare_jax_step``.
+  """
+  loss_fn, params, _ = _setup(problem, hp, learned_lr=learned_lr)
+  opt = _optimizer(hp)
+  run = mj.make_fused_train(_estimator(algorithm, loss_fn, hp), opt,
+                            _sampler(problem, hp), num_iterations)
+  return fused_case(run, mj.init_train_state(params, opt), num_iterations,
+                    compiler_options)
 
 
 def prepare_torch(problem, algorithm, hp, *, impl, threads=None):

@@ -29,7 +29,6 @@ alternating rounds:
 All PyTorch versions and maml_jax run the same meta-optimizer (Adam).
 """
 
-import time
 
 from absl import logging
 import jax
@@ -41,7 +40,6 @@ import torch
 import maml_jax as mj
 from benchmarks import agreement
 from benchmarks import cases as cases_lib
-from benchmarks import memory
 from benchmarks import timing
 from benchmarks import torch_reference as tr
 from experiments import models
@@ -96,24 +94,9 @@ def prepare_jax_step(algorithm, hp, *, task_batching, conv_impl,
   opt = optax.adam(hp['meta_lr'])
   step = mj.make_train_step(estimator(algorithm, loss_fn, hp), opt,
                             task_batching=task_batching)
-  state = mj.init_train_state(params, opt)
-  key = jax.random.PRNGKey(1)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, tasks, key).compile(compiler_options=compiler_options)
-  compile_s = time.perf_counter() - t0
-  holder = {'state': state, 'i': 0}
-
-  def once():
-    holder['i'] += 1
-    new_state, metrics = compiled(holder['state'], tasks,
-                                  jax.random.fold_in(key, holder['i']))
-    jax.block_until_ready((new_state, metrics))
-    holder['state'] = new_state
-
-  return {'once': once, 'divisor': 1,
-          'info': {'compile_s': compile_s, 'task_batching': task_batching,
-                   'conv_impl': conv_impl,
-                   'xla_memory': memory.analysis_bytes(compiled)}}
+  return cases_lib.step_case(step, mj.init_train_state(params, opt), tasks,
+                             compiler_options, task_batching=task_batching,
+                             conv_impl=conv_impl)
 
 
 def prepare_jax_fused(algorithm, hp, *, task_batching, conv_impl, num_iterations,
@@ -125,26 +108,9 @@ def prepare_jax_fused(algorithm, hp, *, task_batching, conv_impl, num_iterations
                                    shots=hp['shots'], query=hp['query'])
   run = mj.make_fused_train(estimator(algorithm, loss_fn, hp), opt, sampler,
                             num_iterations, task_batching=task_batching)
-  state = mj.init_train_state(params, opt)
-  key = jax.random.PRNGKey(2)
-  t0 = time.perf_counter()
-  compiled = run.lower(state, key).compile(compiler_options=compiler_options)
-  compile_s = time.perf_counter() - t0
-  holder = {'state': state}
-
-  def once():
-    new_state, metrics = compiled(holder['state'], key)
-    jax.block_until_ready((new_state, metrics))
-    holder['state'] = new_state
-
-  def finite():
-    return bool(all(np.all(np.isfinite(x))
-                    for x in jax.tree.leaves(holder['state'].params)))
-
-  return {'once': once, 'divisor': num_iterations, 'finite': finite,
-          'info': {'num_iterations': num_iterations, 'compile_s': compile_s,
-                   'task_batching': task_batching, 'conv_impl': conv_impl,
-                   'xla_memory': memory.analysis_bytes(compiled)}}
+  return cases_lib.fused_case(run, mj.init_train_state(params, opt),
+                              num_iterations, compiler_options,
+                              task_batching=task_batching, conv_impl=conv_impl)
 
 
 def prepare_torch(algorithm, hp, *, impl, threads):

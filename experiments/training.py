@@ -52,6 +52,16 @@ class Problem(NamedTuple):
     validate: ``validate(params, inner_lr) -> scalar`` on fixed validation
       tasks (other tasks than ``evaluate``'s), used by ``--sweep``.
     sampler: the estimators' sampler for ``mj.Sampled`` batches, or None.
+    has_aux: ``loss_fn`` returns ``(loss, {name: scalar})`` (e.g. accuracy);
+      the estimators are built with ``has_aux=True`` and the metric rows get
+      ``train_<name>``, the mean over the chunk of the query aux after
+      adaptation.
+    task_batching: how the task axis of a meta-gradient is batched
+      (``mj.meta_gradient``): 'vmap' for MLPs, 'map' for conv nets on CPU.
+    member_batching: how the members (seeds, grid points) of a chunk run:
+      'vmap' (one batched program, right for small models) or 'map'
+      (``lax.map``, one after another: a vmapped conv net with per-seed
+      weights runs grouped convolutions, slow on CPU).
   """
   loss_fn: Callable
   init_params: Callable
@@ -59,6 +69,9 @@ class Problem(NamedTuple):
   evaluate: Callable
   validate: Optional[Callable] = None
   sampler: Optional[Callable] = None
+  has_aux: bool = False
+  task_batching: object = 'vmap'
+  member_batching: str = 'vmap'
 
 
 def split_meta_params(params, inner_lr=None):
@@ -159,7 +172,8 @@ def supervised_problem(cfg, *, loss_fn, init_params, sample, num_test_tasks,
 
 
 def make_estimator(algorithm, loss_fn, *, inner_lr, num_inner_steps,
-                   num_directions, delta, sampler=None, remat=False):
+                   num_directions, delta, sampler=None, remat=False,
+                   has_aux=False):
   """The ``maml_jax`` estimator named ``algorithm`` (one of ``mj.ESTIMATORS``).
 
   Built by the library's registry (``mj.make_estimator``) from the launcher's
@@ -170,7 +184,7 @@ def make_estimator(algorithm, loss_fn, *, inner_lr, num_inner_steps,
   """
   offered = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
                  num_directions=num_directions, delta=delta, sampler=sampler,
-                 remat=remat)
+                 remat=remat, has_aux=has_aux)
   takes = mj.estimator_hyperparameters(algorithm)
   return mj.make_estimator(
       algorithm, loss_fn, **{k: v for k, v in offered.items() if k in takes})
@@ -257,7 +271,22 @@ def _estimator(problem, cfg, algorithm, inner_lr, delta):
   return make_estimator(
       algorithm, problem.loss_fn, inner_lr=None if cfg.learned else inner_lr,
       num_inner_steps=cfg.num_inner_steps, num_directions=cfg.num_directions,
-      delta=delta, sampler=problem.sampler, remat=cfg.remat)
+      delta=delta, sampler=problem.sampler, remat=cfg.remat,
+      has_aux=problem.has_aux)
+
+
+def over_members(fn, batching):
+  """``fn`` mapped over a leading member axis of every argument.
+
+  'vmap': ``jax.vmap(fn)``; 'map': ``jax.lax.map`` (members one after
+  another, same results).
+  """
+  if batching == 'vmap':
+    return jax.vmap(fn)
+  if batching != 'map':
+    raise ValueError(f"member_batching must be 'vmap' or 'map', got "
+                     f'{batching!r}')
+  return lambda *args: jax.lax.map(lambda a: fn(*a), args)
 
 
 def sweep(problem, cfg, run_dir):
@@ -350,6 +379,8 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
   init_keys, train_keys = loop.seed_keys([seed for _, seed in members])
   w0 = jax.vmap(problem.init_params)(init_keys)
   member_lrs = jnp.asarray([lr for lr, _ in members], jnp.float32) if grid else None
+  members_of = functools.partial(over_members,
+                                 batching=problem.member_batching)
   lengths = {cfg.eval_every, cfg.num_iterations % cfg.eval_every} - {0}
   runs, states, evaluate = {}, {}, {}
   by_lr = {}  # one compiled evaluation per distinct fixed inner lr
@@ -362,26 +393,28 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
         def member_run(lr, state, key, algorithm=algorithm, length=length,
                        optimizer=optimizer, delta=hp.delta):
           est = _estimator(problem, cfg, algorithm, lr, delta)
-          return mj.make_fused_train(est, optimizer, problem.sample_tasks,
-                                     length, jit=False)(state, key)
+          return mj.make_fused_train(
+              est, optimizer, problem.sample_tasks, length, jit=False,
+              task_batching=problem.task_batching)(state, key)
         runs[algorithm][length] = functools.partial(
-            jax.jit(jax.vmap(member_run)), member_lrs)
+            jax.jit(members_of(member_run)), member_lrs)
       else:
         est = _estimator(problem, cfg, algorithm, hp.inner_lr, hp.delta)
-        runs[algorithm][length] = jax.jit(jax.vmap(mj.make_fused_train(
-            est, optimizer, problem.sample_tasks, length)))
+        runs[algorithm][length] = jax.jit(members_of(mj.make_fused_train(
+            est, optimizer, problem.sample_tasks, length, jit=False,
+            task_batching=problem.task_batching)))
     params = jax.vmap(lambda p, lr=hp.inner_lr: meta_params(p, cfg, lr))(w0)
     states[algorithm] = jax.vmap(
         lambda p, opt=optimizer: mj.init_train_state(p, opt))(params)
     if grid:
       if 'grid' not in by_lr:
-        grid_eval = jax.jit(jax.vmap(
+        grid_eval = jax.jit(members_of(
             lambda p, lr: problem.evaluate(p, inner_lr=lr)))
         by_lr['grid'] = lambda p, f=grid_eval: f(p, member_lrs)
       evaluate[algorithm] = by_lr['grid']
     else:
       if hp.inner_lr not in by_lr:
-        by_lr[hp.inner_lr] = jax.jit(jax.vmap(functools.partial(
+        by_lr[hp.inner_lr] = jax.jit(members_of(functools.partial(
             problem.evaluate, inner_lr=hp.inner_lr)))
       evaluate[algorithm] = by_lr[hp.inner_lr]
 
@@ -408,6 +441,8 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
             chunk_seconds=chunk.seconds)
         if 'loss_before' in metrics:
           row['train_loss_before'] = float(np.mean(metrics['loss_before'][s]))
+        for name, value in metrics.get('aux_after', {}).items():
+          row[f'train_{name}'] = float(np.mean(value[s]))
       row.update({k: float(v[s]) for k, v in values.items()})
       out.append(row)
     return out

@@ -24,8 +24,6 @@ from maml_jax._src.inner import adapt
 from maml_jax._src.meta import meta_gradient
 from maml_jax._src.meta import MetaAux
 from maml_jax._src.meta import num_tasks
-from maml_jax._src.meta import shard_tasks
-from maml_jax._src.meta import task_mesh
 from maml_jax._src.oracles import exact_hvp
 from maml_jax._src.oracles import fd_hvp
 from maml_jax._src.oracles import gaussian_directions
@@ -34,6 +32,12 @@ from maml_jax._src.oracles import no_hvp
 from maml_jax._src.oracles import task_keys
 from maml_jax._src.oracles import TaskKeys
 from maml_jax._src.oracles import zo_hvp
+from maml_jax._src.sharding import constrain_tasks
+from maml_jax._src.sharding import process_tasks
+from maml_jax._src.sharding import replicate
+from maml_jax._src.sharding import shard_process_tasks
+from maml_jax._src.sharding import shard_tasks
+from maml_jax._src.sharding import task_mesh
 from maml_jax._src.step_sizes import init_inner_lr
 from maml_jax._src.step_sizes import LearnedInnerLR
 from maml_jax._src.training import init_train_state
@@ -57,6 +61,7 @@ __all__ = (
     'TaskKeys',
     'TrainState',
     'adapt',
+    'constrain_tasks',
     'estimator',
     'estimator_hyperparameters',
     'exact_hvp',
@@ -76,6 +81,9 @@ __all__ = (
     'meta_gradient',
     'no_hvp',
     'num_tasks',
+    'process_tasks',
+    'replicate',
+    'shard_process_tasks',
     'shard_tasks',
     'task_keys',
     'task_mesh',

@@ -1,11 +1,10 @@
-"""Task batches: the meta-gradient of eq. (7) and sharding over a "tasks" axis."""
+"""Task batches: the meta-gradient of eq. (7), sharded or not (see sharding.py)."""
 
 from typing import Any, NamedTuple, Optional
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from maml_jax._src import base
 from maml_jax._src import validation
@@ -140,7 +139,8 @@ def meta_gradient(est: base.MetaEstimator, params: base.Params,
   ``jax.random.split(key, |B|)[i]``. Tasks whose meta-gradient is not finite
   are left out of the mean and counted in ``aux.num_nonfinite``. Works
   unchanged when ``tasks`` is a global array sharded over devices along its
-  leading axis (``shard_tasks``).
+  leading axis (``shard_tasks``), on one process or many: task i's key is
+  chosen by its global index, so P processes draw what one process draws.
 
   Inside ``jax.shard_map`` or ``jax.pmap`` over a mesh axis that splits the
   tasks, pass its name as ``axis_name``: ``tasks`` is then this device's
@@ -200,27 +200,3 @@ def meta_gradient(est: base.MetaEstimator, params: base.Params,
       query_aux_before=_mean_numeric(aux.query_aux_before, n_total, axis_name),
       query_aux_after=_mean_numeric(aux.query_aux_after, n_total, axis_name))
   return mean_grads, meta_aux
-
-
-def task_mesh(devices=None, axis_name: str = 'tasks') -> jax.sharding.Mesh:
-  """A 1-D device mesh whose single axis shards the task batch."""
-  devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(np.asarray(devices), (axis_name,))
-
-
-def shard_tasks(tasks: base.Task, mesh: Optional[jax.sharding.Mesh] = None,
-                axis_name: str = 'tasks') -> base.Task:
-  """Places a task batch on ``mesh``, split along its leading (task) axis.
-
-  The number of tasks must be divisible by the number of devices on the axis.
-  ``meta_gradient`` and the train steps then run data-parallel over tasks with
-  no change: XLA inserts the cross-device mean.
-  """
-  mesh = task_mesh(axis_name=axis_name) if mesh is None else mesh
-  n, size = num_tasks(tasks), mesh.shape[axis_name]
-  if n % size:
-    raise ValueError(f'{n} tasks cannot be split evenly over {size} devices '
-                     f'on mesh axis {axis_name!r}.')
-  sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(axis_name))
-  return jax.device_put(tasks, sharding)

@@ -1,6 +1,6 @@
 """Meta-training with Optax: a jitted step, and many steps fused in one scan."""
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import chex
 import jax
@@ -9,6 +9,7 @@ import optax
 
 from maml_jax._src import base
 from maml_jax._src import meta
+from maml_jax._src import sharding
 from maml_jax._src import validation
 
 
@@ -94,7 +95,9 @@ def make_fused_train(est: base.MetaEstimator,
                      optimizer: optax.GradientTransformation,
                      sample_tasks: Callable[[chex.PRNGKey], base.Task],
                      num_iterations: int, *, jit: bool = True,
-                     task_batching='vmap'):
+                     task_batching='vmap',
+                     mesh: Optional[jax.sharding.Mesh] = None,
+                     axis_name: str = 'tasks'):
   """``num_iterations`` meta-iterations in one compiled ``lax.scan``.
 
   Tasks are drawn on device by ``sample_tasks(key) -> Task`` (leading task
@@ -102,6 +105,12 @@ def make_fused_train(est: base.MetaEstimator,
   ``iteration_keys(key, state.iteration)``: a fused run equals a loop of
   ``make_train_step`` calls fed the same tasks and keys, and a resumed run
   equals an uninterrupted one. ``task_batching`` as in ``meta_gradient``.
+
+  With a ``mesh`` (``task_mesh()``: every device of every process), each
+  iteration's tasks are split over its ``axis_name`` axis
+  (``constrain_tasks``) and the run is data-parallel over tasks; ``state``
+  and ``key`` must then be the same on every process (``replicate``), and
+  so is the result, equal to float rounding to a run without a mesh.
 
   Returns:
     ``run(state, key) -> (state, metrics)``, metrics stacked over iterations.
@@ -111,11 +120,17 @@ def make_fused_train(est: base.MetaEstimator,
                                                  'num_iterations')
   step = _train_step(est, optimizer, meta.check_task_batching(task_batching))
 
+  def draw(key):
+    tasks = sample_tasks(key)
+    if mesh is not None:
+      tasks = sharding.constrain_tasks(tasks, mesh, axis_name)
+    return tasks
+
   def run(state: TrainState, key: chex.PRNGKey):
 
     def body(state, _):
       k_tasks, k_est = iteration_keys(key, state.iteration)
-      return step(state, sample_tasks(k_tasks), k_est)
+      return step(state, draw(k_tasks), k_est)
 
     return jax.lax.scan(body, state, None, length=num_iterations)
 

@@ -1,0 +1,260 @@
+"""Tests of the few-shot data pipeline: glyphs, Omniglot's layout, task sampling."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+import pytest
+
+from experiments import fewshot_data as fd
+
+MAX_CLASSES = 40  # the first 40 candidate characters (ASCII): a fast glyphs data set.
+
+
+@pytest.fixture(scope='module')
+def glyph_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('glyphs'))
+
+
+@pytest.fixture(scope='module')
+def glyphs(glyph_dir):
+  return fd.glyphs(glyph_dir, seed=0, max_classes=MAX_CLASSES)
+
+
+def _all_names(splits):
+  return [n for data in splits for n in data.names]
+
+
+def test_glyph_fonts_skip_last_resort_and_tex_symbols():
+  names = [os.path.basename(f) for f in fd.font_files()]
+  assert len(names) >= 30
+  assert not [n for n in names if n.startswith(('LastResort', 'cmsy10', 'cmex10'))]
+
+
+def test_glyphs_shapes_dtypes_and_split_sizes(glyphs):
+  sizes = [len(data.names) for data in glyphs]
+  assert sum(sizes) >= 30  # few of the first 40 candidates are blank or duplicates.
+  assert sizes[0] > sizes[2] >= sizes[1] >= 1
+  for data in glyphs:
+    assert data.images.dtype == np.uint8
+    assert data.images.shape == (len(data.names), 20, 28, 28)
+    assert all(n.startswith('glyphs/U+') for n in data.names)
+    ink = data.images.reshape(data.images.shape[:2] + (-1,)).max(axis=-1)
+    assert ink.min() >= 64  # every instance draws something (thin strokes are grey),
+    assert np.median(data.images) == 0  # white on black.
+    # Instances of a class differ (fonts and distortions), classes differ.
+    assert not np.array_equal(data.images[0, 0], data.images[0, 1])
+
+
+def test_glyphs_splits_are_disjoint(glyphs):
+  names = _all_names(glyphs)
+  assert len(names) == len(set(names))
+  characters = [fd.glyph_char(n) for n in names]
+  assert len(characters) == len(set(characters))
+  assert fd.glyph_char('glyphs/U+03A9') == '\u03a9'
+
+
+def test_glyphs_drop_homoglyphs():
+  # Greek capital Alpha (U+0391) and Cyrillic A (U+0410) draw Latin 'A'.
+  codes = (ord('A'), 0x391, 0x410, ord('B'))
+  signatures = []
+  renderer = fd._Renderer(fd.font_files(), 28)
+  cover = fd._coverage(fd.font_files())
+  for code in codes:
+    signatures.append(fd._glyph_class(renderer, code, cover[code], seed=0)[1])
+  np.testing.assert_array_equal(fd._near_duplicates(signatures), [False, True, True, False])
+
+
+def test_glyphs_cache_equals_regeneration(glyphs, glyph_dir):
+  files = os.listdir(glyph_dir)
+  assert files == [f'glyphs_v{fd.GLYPHS_VERSION}_seed0_size28_max{MAX_CLASSES}.npz']
+  loaded = fd.glyphs(glyph_dir, seed=0, max_classes=MAX_CLASSES)
+  regenerated = fd.generate_glyphs(0, max_classes=MAX_CLASSES)
+  for a, b, c in zip(glyphs, loaded, regenerated):
+    assert a.names == b.names == c.names
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.images, c.images)
+
+
+def test_glyphs_seed_changes_split_not_characters(glyphs):
+  other = fd.generate_glyphs(1, max_classes=MAX_CLASSES)
+  assert sorted(_all_names(other)) == sorted(_all_names(glyphs))
+  assert other.train.names != glyphs.train.names
+
+
+def test_glyph_instances_depend_only_on_seed_and_character(glyphs):
+  smaller = fd.generate_glyphs(0, max_classes=MAX_CLASSES // 2)
+  everything = {n: x for data in glyphs for n, x in zip(data.names, data.images)}
+  for data in smaller:
+    for name, images in zip(data.names, data.images):
+      np.testing.assert_array_equal(images, everything[name])
+
+
+# Task sampling.
+
+C, M = 12, 6  # classes and instances of the synthetic split.
+
+
+def _ids():
+  """Float images [C, M, 2, 3] whose every pixel is the image's id c * M + m, scaled."""
+  ids = np.arange(C * M, dtype=np.float32).reshape(C, M) / (C * M)
+  return jnp.asarray(np.broadcast_to(ids[:, :, None, None], (C, M, 2, 3)))
+
+
+def _decode(x):
+  ids = np.rint(np.asarray(x)[..., 0, 0, 0] * C * M).astype(int)
+  return ids // M, ids % M  # class, instance.
+
+
+def test_sample_tasks_shapes_and_label_structure():
+  ways, shots, query_shots, num_tasks = 4, 2, 3, 50
+  sample = jax.jit(fd.sample_tasks, static_argnums=2, static_argnames=('ways', 'shots',
+                                                                      'query_shots'))
+  tasks = sample(jax.random.key(0), _ids(), num_tasks, ways=ways, shots=shots,
+                 query_shots=query_shots)
+  assert tasks.support['x'].shape == (num_tasks, ways * shots, 2, 3, 1)
+  assert tasks.query['x'].shape == (num_tasks, ways * query_shots, 2, 3, 1)
+  assert tasks.support['x'].dtype == jnp.float32
+  assert tasks.support['y'].dtype == tasks.query['y'].dtype == jnp.int32
+  s_class, s_inst = _decode(tasks.support['x'])
+  q_class, q_inst = _decode(tasks.query['x'])
+  s_y, q_y = np.asarray(tasks.support['y']), np.asarray(tasks.query['y'])
+  first_classes = []
+  for t in range(num_tasks):
+    np.testing.assert_array_equal(np.bincount(s_y[t], minlength=ways), [shots] * ways)
+    np.testing.assert_array_equal(np.bincount(q_y[t], minlength=ways), [query_shots] * ways)
+    label_class = {}
+    for y, c in zip(np.concatenate([s_y[t], q_y[t]]), np.concatenate([s_class[t], q_class[t]])):
+      assert label_class.setdefault(y, c) == c  # one class per label, in support and query.
+    assert len(set(label_class.values())) == ways  # distinct classes.
+    for y in range(ways):
+      used = list(s_inst[t][s_y[t] == y]) + list(q_inst[t][q_y[t] == y])
+      assert len(used) == len(set(used)) == shots + query_shots  # distinct instances.
+    first_classes.append(label_class[0])
+  # Labels are assigned at random: label 0 is not always the smallest class.
+  assert len(set(first_classes)) > 3
+  assert (np.array(first_classes) != s_class.min(axis=1)).any()
+
+
+def test_sample_tasks_is_deterministic_jittable_and_indexed_per_task():
+  images = _ids()
+  sample = lambda key, n, start=0: fd.sample_tasks(key, images, n, ways=3, shots=1,
+                                                   query_shots=2, start_index=start)
+  key = jax.random.key(7)
+  jitted = jax.jit(sample, static_argnums=1)
+  tasks = jitted(key, 5)
+  for i in range(5):
+    alone = jitted(key, 1, i)  # start_index is traced: one compilation.
+    jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a[i], b[0]), tasks, alone)
+  jax.tree.map(np.testing.assert_array_equal, tasks, jitted(key, 5))  # the same key again.
+  other = jitted(jax.random.key(8), 5)
+  assert not np.array_equal(tasks.support['x'], other.support['x'])
+
+
+def test_sample_tasks_scales_uint8_and_checks_sizes():
+  images = jnp.full((5, 3, 4, 4), 255, jnp.uint8)
+  sample = jax.jit(lambda key: fd.sample_tasks(key, images, 2, ways=5, shots=1, query_shots=2))
+  tasks = sample(jax.random.key(0))
+  np.testing.assert_array_equal(tasks.support['x'], 1.0)
+  with pytest.raises(ValueError, match='ways=6'):
+    fd.sample_tasks(jax.random.key(0), images, 2, ways=6, shots=1, query_shots=1)
+  with pytest.raises(ValueError, match='3 instances'):
+    fd.sample_tasks(jax.random.key(0), images, 2, ways=2, shots=2, query_shots=2)
+
+
+# Omniglot, on a tiny data set written in the release's layout.
+
+LAYOUT = {'images_background': {'Greek': 2, 'Latin': 2}, 'images_evaluation': {'Runic': 2}}
+
+
+def _write_character(path, index, num_pngs=20):
+  """``num_pngs`` 105x105 1-bit PNGs, black strokes on white, one shape per character."""
+  os.makedirs(path)
+  for drawer in range(num_pngs):
+    image = Image.new('1', (105, 105), 1)
+    draw = ImageDraw.Draw(image)
+    x = 10 + 12 * index + drawer % 3
+    draw.line([(x, 10), (x + 5, 60 + drawer), (90, 90 - 5 * index)], fill=0, width=6)
+    image.save(os.path.join(path, f'{index:04d}_{drawer + 1:02d}.png'))
+
+
+def _write_omniglot(root, layout=LAYOUT):
+  index = 0
+  for folder, alphabets in layout.items():
+    for alphabet, num_characters in alphabets.items():
+      for c in range(num_characters):
+        _write_character(os.path.join(root, folder, alphabet, f'character{c + 1:02d}'), index)
+        index += 1
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def omniglot_dir(tmp_path_factory):
+  return _write_omniglot(tmp_path_factory.mktemp('omniglot'))
+
+
+def test_omniglot_splits_rotations_and_ink(omniglot_dir):
+  splits = fd.omniglot(omniglot_dir, seed=0, num_train_characters=3, num_val_characters=1)
+  assert [len(d.names) for d in splits] == [12, 4, 8]  # 3 + 1 + 2 characters, x 4 rotations.
+  characters = [{n.rsplit('/', 1)[0] for n in d.names} for d in splits]
+  assert [len(c) for c in characters] == [3, 1, 2]
+  assert not (characters[0] & characters[1] or characters[0] & characters[2]
+              or characters[1] & characters[2])
+  assert set.union(*characters) == {'omniglot/Greek/character01', 'omniglot/Greek/character02',
+                                    'omniglot/Latin/character01', 'omniglot/Latin/character02',
+                                    'omniglot/Runic/character01', 'omniglot/Runic/character02'}
+  for data in splits:
+    assert data.images.dtype == np.uint8
+    assert data.images.shape == (len(data.names), 20, 28, 28)
+    assert data.images[:, :, 0, 0].max() == 0 and data.images.max() == 255  # 255 = ink.
+    for c in range(0, len(data.names), 4):
+      assert [n.rsplit('/', 1)[1] for n in data.names[c:c + 4]] == ['rot0', 'rot90', 'rot180',
+                                                                      'rot270']
+      for k in range(4):
+        np.testing.assert_array_equal(data.images[c + k], np.rot90(data.images[c], k, (1, 2)))
+  # The same seed gives the same data; some other seed another split.
+  again = fd.omniglot(omniglot_dir, seed=0, num_train_characters=3, num_val_characters=1)
+  for a, b in zip(splits, again):
+    assert a.names == b.names
+    np.testing.assert_array_equal(a.images, b.images)
+  other = [fd.omniglot(omniglot_dir, seed=s, num_train_characters=3, num_val_characters=1)
+           for s in (1, 2, 3)]
+  assert any(o.train.names != splits.train.names for o in other)
+
+
+def test_omniglot_layout_errors(tmp_path, omniglot_dir):
+  missing = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='nowhere.*images_background/<alphabet>'):
+    fd.omniglot(missing)
+  half = tmp_path / 'half'
+  _write_omniglot(half, {'images_background': {'Greek': 1}})
+  with pytest.raises(FileNotFoundError, match='missing folder .*images_evaluation'):
+    fd.omniglot(str(half))
+  (half / 'images_evaluation').mkdir()
+  with pytest.raises(ValueError, match='no alphabet folders in .*images_evaluation'):
+    fd.omniglot(str(half))
+  (half / 'images_evaluation' / 'Runic').mkdir()
+  with pytest.raises(ValueError, match='no character folders in .*Runic'):
+    fd.omniglot(str(half))
+  _write_character(str(half / 'images_evaluation' / 'Runic' / 'character01'), 0, num_pngs=19)
+  with pytest.raises(ValueError, match='19 PNG files .*character01. Expected the Omniglot'):
+    fd.omniglot(str(half))
+  (half / 'images_evaluation' / 'Runic' / 'character01' / 'z.png').write_bytes(b'not a png')
+  with pytest.raises(ValueError, match='cannot read the image .*z.png'):
+    fd.omniglot(str(half), num_train_characters=1, num_val_characters=0)
+  with pytest.raises(ValueError, match='has 6 characters: too few'):
+    fd.omniglot(omniglot_dir, num_train_characters=5, num_val_characters=1)
+
+
+def test_load_dispatches(omniglot_dir, glyphs, glyph_dir):
+  with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+    fd.load('mnist', data_dir=None, cache_dir=glyph_dir, seed=0)
+  with pytest.raises(ValueError, match='has 6 characters'):  # the default 1200 training ones.
+    fd.load('omniglot', data_dir=omniglot_dir, cache_dir=None, seed=0)
+  with pytest.raises(ValueError, match='--data_dir'):
+    fd.load('omniglot', data_dir=None, cache_dir=glyph_dir, seed=0)
+  with pytest.raises(ValueError, match='cache_dir'):
+    fd.load('glyphs', data_dir=None, cache_dir=None, seed=0)

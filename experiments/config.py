@@ -9,18 +9,33 @@ launcher's ``DEFAULTS``, which ``set_defaults`` shows in ``--help``.
 ``training_config`` reads and checks them all into a ``TrainConfig`` before
 anything is compiled, so a bad flag fails in a second with a one-line
 ``app.UsageError`` (``cli_main``).
+
+Many processes (SPEC section 8): ``define_output_flags`` also defines
+--coordinator_address, --num_processes, --process_id (or none of them:
+``jax.distributed.initialize()`` reads them from SLURM's srun or Open MPI's
+mpirun), --distributed_timeout and --shard_tasks, and ``cli_main`` calls
+``jax.distributed.initialize`` before the launcher runs, so no JAX
+computation precedes it. ``task_sharding`` says whether the task batches are
+split over every device of every process (``training_config`` stores it in
+``TrainConfig.shard_tasks``, which ``training.train`` reads); ``rundir``
+makes process 0 the only one that writes files.
 """
 
 import dataclasses
 import inspect
 import math
 import os
+import socket
 import sys
 import tempfile
+import threading
+import time
 from typing import Optional
 
 from absl import app
 from absl import flags
+from absl import logging
+import jax
 import optax
 
 import maml_jax as mj
@@ -58,6 +73,33 @@ def define_output_flags():
   _define_once(flags.DEFINE_list, 'seeds', ['0', '1', '2'],
                'Comma-separated integer seeds. Several seeds give mean and '
                'spread bands; seeds are batched with jax.vmap.')
+  define_distributed_flags()
+
+
+def define_distributed_flags():
+  """Flags of a run over many processes (idempotent; SPEC section 8)."""
+  d = _define_once
+  d(flags.DEFINE_string, 'coordinator_address', None,
+    'host:port of process 0, which runs the jax.distributed coordinator. '
+    'Give it with --num_processes and --process_id, or none of the three '
+    'under srun (SLURM) or mpirun (Open MPI), which provide them.')
+  d(flags.DEFINE_integer, 'num_processes', None,
+    'Number of processes of a multi-process run (with --coordinator_address).')
+  d(flags.DEFINE_integer, 'process_id', None,
+    'This process\'s index, 0..num_processes-1 (with --coordinator_address).')
+  d(flags.DEFINE_boolean, 'distributed', None,
+    'Call jax.distributed.initialize() with its auto-detection (SLURM, Open '
+    'MPI, Cloud TPU) even without srun/mpirun tasks in the environment; '
+    '--nodistributed: never. Default: when srun or mpirun started more than '
+    'one task, or when --coordinator_address is given.')
+  d(flags.DEFINE_integer, 'distributed_timeout', 300,
+    'Seconds a process waits for the coordinator and for every process to '
+    'join before it exits with an error.')
+  d(flags.DEFINE_boolean, 'shard_tasks', None,
+    'Split each task batch over every device of every process (data '
+    'parallel over tasks; --tasks_per_batch must be a multiple of the '
+    'number of devices). Default: on with several processes (required '
+    'there), off with one.')
 
 
 def define_training_flags():
@@ -141,18 +183,166 @@ def define_inner_lr_flags():
     '--inner_lr; not with --learn_inner_lr, --zo_inner_lr or --sweep.')
 
 
+class DistributedError(Exception):
+  """This process could not join the multi-process run."""
+
+
+_CLUSTER_SIZE_VARS = ('SLURM_STEP_NUM_TASKS', 'OMPI_COMM_WORLD_SIZE')
+
+
+def _cluster_tasks():
+  """Processes srun (SLURM) or mpirun (Open MPI) started, 1 if neither."""
+  for var in _CLUSTER_SIZE_VARS:
+    try:
+      return max(1, int(os.environ[var]))
+    except (KeyError, ValueError):
+      continue
+  return 1
+
+
+def distributed_args():
+  """The arguments of ``jax.distributed.initialize`` the flags ask for.
+
+  Returns:
+    None for a single-process run; ``{}`` to let JAX detect them (srun,
+    mpirun, --distributed); else coordinator_address, num_processes and
+    process_id. Raises ``app.UsageError`` on inconsistent flags.
+  """
+  if 'coordinator_address' not in FLAGS:
+    return None
+  names = ('coordinator_address', 'num_processes', 'process_id')
+  given = {n: FLAGS[n].value for n in names if FLAGS[n].value is not None}
+  if FLAGS.distributed_timeout < 1:
+    raise app.UsageError('--distributed_timeout must be a positive number of '
+                         f'seconds, got {FLAGS.distributed_timeout}')
+  if given and len(given) < len(names):
+    missing = ', '.join(f'--{n}' for n in names if n not in given)
+    raise app.UsageError(
+        f'{", ".join(f"--{n}" for n in given)} given without {missing}: pass '
+        'all three, or none under srun/mpirun, which provide them')
+  if given:
+    if FLAGS.distributed is False:
+      raise app.UsageError('--nodistributed contradicts --coordinator_address')
+    num, pid = given['num_processes'], given['process_id']
+    if num < 1:
+      raise app.UsageError(f'--num_processes must be >= 1, got {num}')
+    if not 0 <= pid < num:
+      raise app.UsageError(f'--process_id must be in 0..{num - 1} '
+                           f'(--num_processes={num}), got {pid}')
+    host, _, port = given['coordinator_address'].rpartition(':')
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise app.UsageError('--coordinator_address must be host:port, got '
+                           f'{given["coordinator_address"]!r}')
+    if num > 1 and FLAGS.shard_tasks is False:
+      raise app.UsageError('--noshard_tasks with --num_processes > 1: every '
+                           'process must hold its share of the task batch')
+    return given
+  if FLAGS.distributed or (FLAGS.distributed is None and _cluster_tasks() > 1):
+    return {}
+  return None
+
+
+def _wait_for_coordinator(address, timeout):
+  """Returns once ``address`` accepts TCP connections; else DistributedError."""
+  host, _, port = address.rpartition(':')
+  host = host.strip('[]')
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=2):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise DistributedError(
+            f'could not reach the coordinator at {address} within {timeout} s '
+            f'({e.strerror or e}): is process 0 running, and is the address '
+            'reachable from this host?') from None
+      time.sleep(0.2)
+
+
+def initialize_distributed():
+  """``jax.distributed.initialize`` as the flags ask (``distributed_args``).
+
+  Must run before any JAX computation (``cli_main`` calls it first). A
+  process other than 0 first waits up to --distributed_timeout for the
+  coordinator's port and raises ``DistributedError`` if it never opens.
+  Past that, JAX itself ends every process (DEADLINE_EXCEEDED) if not all
+  processes joined in time; a message on stderr says so just before.
+
+  Returns:
+    True if this is a multi-controller run.
+  """
+  args = distributed_args()
+  if args is None:
+    return False
+  timeout = FLAGS.distributed_timeout
+  who = (f'process {args["process_id"]} of {args["num_processes"]}'
+         if args else 'this process (auto-detected cluster)')
+  if args.get('process_id', 0) != 0:
+    _wait_for_coordinator(args['coordinator_address'], timeout)
+  logging.info('%s: joining the run (coordinator %s, timeout %d s)', who,
+               args.get('coordinator_address', 'auto-detected'), timeout)
+  prog = os.path.basename(sys.argv[0])
+  warning = threading.Timer(
+      max(timeout - 1.0, 0.8 * timeout), lambda: print(
+          f'{prog}: error: {who}: not every process joined the run within '
+          f'{timeout} s (--distributed_timeout); JAX ends the process now.',
+          file=sys.stderr, flush=True))
+  warning.daemon = True
+  warning.start()
+  try:
+    jax.distributed.initialize(initialization_timeout=timeout, **args)
+  except (ValueError, RuntimeError) as e:  # e.g. nothing to auto-detect
+    raise DistributedError(f'jax.distributed.initialize failed: {e}') from None
+  finally:
+    warning.cancel()
+  # No device query here: the launcher may still set XLA_FLAGS (meta-RL).
+  logging.info('%s: joined the run', who)
+  return True
+
+
+def task_sharding(tasks_per_batch):
+  """Whether task batches are split over ``jax.devices()`` (--shard_tasks).
+
+  On by default with several processes, where it is required. Raises
+  ``app.UsageError`` unless ``tasks_per_batch`` divides over the devices.
+  """
+  requested = FLAGS.shard_tasks if 'shard_tasks' in FLAGS else None
+  processes = jax.process_count()
+  if processes > 1 and requested is False:
+    raise app.UsageError('--noshard_tasks with several processes: every '
+                         'process must hold its share of the task batch')
+  if not (requested or processes > 1):
+    return False
+  devices = jax.device_count()
+  if tasks_per_batch % devices:
+    where = f' of {processes} processes' if processes > 1 else ''
+    raise app.UsageError(
+        f'--tasks_per_batch={tasks_per_batch} does not split evenly over the '
+        f'{devices} devices{where}: use a multiple of {devices}')
+  return True
+
+
 def cli_main(run):
   """``main(argv)`` for ``app.run``: a usage error is one line and exit code 2.
 
   absl's own handling of ``app.UsageError`` prints the whole module docstring;
-  a launcher's flag mistakes should be one line on stderr instead.
+  a launcher's flag mistakes should be one line on stderr instead. Before
+  ``run``, ``initialize_distributed`` joins a multi-process run if the flags
+  or the cluster environment ask for one; failing to join is one line too
+  (exit code 1).
   """
   def main(argv):
+    prog = os.path.basename(sys.argv[0])
     try:
+      initialize_distributed()
       run(argv)
     except app.UsageError as e:
-      print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
+      print(f'{prog}: error: {e}', file=sys.stderr)
       sys.exit(2)
+    except DistributedError as e:
+      print(f'{prog}: error: {e}', file=sys.stderr)
+      sys.exit(1)
   return main
 
 
@@ -210,6 +400,8 @@ class TrainConfig:
   per_step_inner_lr: bool = False
   # --inner_lrs: fixed inner step sizes trained as one vmapped grid; () = off.
   inner_lrs: tuple = ()
+  # Task batches split over every device of every process (task_sharding).
+  shard_tasks: bool = False
 
   @property
   def learned(self):
@@ -376,4 +568,5 @@ def training_config(experiment, defaults):
       raise app.UsageError('--sweep_deltas must be positive numbers')
   check_optimizer_name(cfg.meta_optimizer)
   check_workdir(cfg.workdir)
-  return cfg
+  return dataclasses.replace(
+      cfg, shard_tasks=task_sharding(cfg.tasks_per_batch))

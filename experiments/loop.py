@@ -12,6 +12,11 @@ written after it, and reproduces exactly the metrics of an uninterrupted
 run: iteration i of a fused run draws its tasks (episodes, directions) from
 ``fold_in(key, i)``, and the keys and states are in the checkpoint.
 
+With a task ``mesh`` (``--shard_tasks``, always with several processes) the
+states and train keys are global arrays replicated over its devices: every
+process holds the same ones, checkpoints them together (Orbax) and restores
+them onto the same placement; ``run_chunk`` splits the tasks over the mesh.
+
 What differs between the supervised launchers (``training.train``) and
 meta-RL (``experiments/rl/train.py``) is in ``Hooks``: how a chunk runs,
 what the rows after it hold (held-out evaluation, training metrics), what
@@ -27,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import maml_jax as mj
 from experiments import rundir
 
 
@@ -128,9 +134,9 @@ def checkpoint_tree(checkpoints, states, train_keys, iteration, wall):
   tree = {'states': {a: checkpoints.state_to_tree(s)
                      for a, s in states.items()},
           'train_keys': train_keys,
-          'iteration': jnp.asarray(iteration, jnp.int32)}
+          'iteration': np.asarray(iteration, np.int32)}
   if checkpoints.with_wall:
-    tree['wall'] = {a: jnp.asarray(w, jnp.float32) for a, w in wall.items()}
+    tree['wall'] = {a: np.asarray(w, np.float32) for a, w in wall.items()}
   return tree
 
 
@@ -158,7 +164,7 @@ def restore(checkpointer, step, checkpoints, states, train_keys):
 
 
 def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
-               eval_every, resume, num_seeds, chunk_hook=None):
+               eval_every, resume, num_seeds, chunk_hook=None, mesh=None):
   """Trains ``states`` to ``num_iterations`` in chunks, with checkpoints.
 
   Args:
@@ -172,11 +178,15 @@ def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
     num_seeds: seeds per algorithm (for the progress line).
     chunk_hook: optional ``chunk_hook(iteration)`` called after each
       checkpoint (tests use it to simulate a kill).
+    mesh: the task mesh (``mj.task_mesh()``) of a sharded run, or None: the
+      states and keys are then replicated over it.
 
   Returns:
     ``LoopResult``.
   """
   states = dict(states)
+  if mesh is not None:
+    states, train_keys = mj.replicate((states, train_keys), mesh)
   wall = {a: 0.0 for a in states}
   iteration = 0
   checkpointer = rundir.Checkpointer(run_dir.file('checkpoints'))

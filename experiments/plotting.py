@@ -6,6 +6,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from experiments import rundir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.summaries import arm_label  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.summaries import row_arm  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -20,8 +21,10 @@ DPI = 100
 
 
 def _save(fig, path):
-  fig.tight_layout()
-  fig.savefig(path, dpi=DPI)
+  """Saves ``fig`` to ``path`` (process 0 of a multi-process run only)."""
+  if rundir.is_writer():
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
   plt.close(fig)
   return path
 

@@ -12,6 +12,11 @@ Outputs of one run (``RunDir``), in ``<workdir>/<run_name>/``:
   sweep.json     the ``--sweep`` grid and the chosen hyperparameters.
   summary.md     final meta-test loss (mean +- std over seeds), time/iteration.
   tensorboard/   event files, only if tensorboardX or tensorboard is installed.
+
+With several processes (``jax.distributed``), every process runs the same
+code but only process 0 writes files (``is_writer``: ``atomic_write_text``,
+``RunDir``, ``plotting``), while every process takes part in the Orbax
+checkpoints, which need a folder every process sees (a shared file system).
 """
 
 import csv
@@ -28,7 +33,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 FLAGS = flags.FLAGS
@@ -72,8 +76,25 @@ def _json_default(x):
   return str(x)
 
 
+def is_writer():
+  """Whether this process writes the run's files: process 0 of a run."""
+  return jax.process_index() == 0
+
+
+def sync_processes(name):
+  """Waits until every process reaches this point (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def atomic_write_text(path, text):
-  """Writes ``text`` to ``path`` via a temporary file and ``os.replace``."""
+  """Writes ``text`` to ``path`` via a temporary file and ``os.replace``.
+
+  Only on the writing process (``is_writer``); a no-op on the others.
+  """
+  if not is_writer():
+    return
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_')
   try:
@@ -103,7 +124,8 @@ class RunDir:
   """One run's folder: config.json, metrics.jsonl/.csv, summary, TensorBoard.
 
   Metrics are kept in memory and both files are rewritten atomically after
-  every chunk, so a kill never leaves a half-written line.
+  every chunk, so a kill never leaves a half-written line. Every process
+  keeps the rows; only process 0 writes files (``is_writer``).
   """
 
   def __init__(self, path, rows=None):
@@ -114,7 +136,11 @@ class RunDir:
 
   @classmethod
   def create(cls, workdir, run_name, *, resume, default_name):
-    """Picks the run folder (see --run_name) and loads metrics on resume."""
+    """Picks the run folder (see --run_name) and loads metrics on resume.
+
+    With several processes each decides from the same folder listing, and
+    all wait for each other before anything is created, so they agree.
+    """
     if run_name is None:
       taken = sorted(
           (n for n in os.listdir(workdir)
@@ -137,6 +163,7 @@ class RunDir:
     if not resume and os.path.exists(os.path.join(path, 'metrics.jsonl')):
       raise app.UsageError(f'{path!r} already holds a run: pass --resume or '
                            'another --run_name')
+    sync_processes('rundir.create')
     os.makedirs(path, exist_ok=True)
     rows = []
     metrics = os.path.join(path, 'metrics.jsonl')
@@ -155,8 +182,11 @@ class RunDir:
     if resume and os.path.exists(path):
       with open(path) as f:
         old = json.load(f)
+      # Where and how many processes run may change on resume.
       ignore = {'resume', 'num_iterations', 'run_name', 'versions',
-                'sweep_iterations'}
+                'sweep_iterations', 'coordinator_address', 'num_processes',
+                'process_id', 'distributed', 'distributed_timeout',
+                'shard_tasks'}
       old_flags = {k: v for k, v in old.get('flags', {}).items()
                    if k not in ignore}
       new_flags = {k: v for k, v in config.get('flags', {}).items()
@@ -185,7 +215,9 @@ class RunDir:
     self._tensorboard(rows)
 
   def flush(self):
-    """Rewrites metrics.jsonl and metrics.csv atomically."""
+    """Rewrites metrics.jsonl and metrics.csv atomically (process 0 only)."""
+    if not is_writer():
+      return
     atomic_write_text(self.file('metrics.jsonl'), ''.join(
         json.dumps(r, sort_keys=True) + '\n' for r in self.rows))
     keys = []
@@ -203,6 +235,8 @@ class RunDir:
     os.replace(tmp, self.file('metrics.csv'))
 
   def _tensorboard(self, rows):
+    if not is_writer():
+      return
     if not self._tb_tried:
       self._tb_tried = True
       writer_cls = None
@@ -249,6 +283,10 @@ class Checkpointer:
 
   Orbax writes each step into a temporary folder and renames it when
   complete, so a kill mid-write leaves the previous checkpoint as latest.
+  With several processes every process saves and restores (Orbax's
+  multi-process protocol: each writes the shards it owns, process 0 the
+  metadata and the commit), so replicated global arrays are written once
+  and restored onto the same sharding.
   """
 
   def __init__(self, directory, max_to_keep=2):
@@ -268,9 +306,16 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def restore(self, step, like):
-    """Restores ``step`` into the structure (and dtypes) of ``like``."""
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), like)
+    """Restores ``step`` into the structure, dtypes and placement of ``like``.
+
+    ``jax.Array`` leaves come back with their sharding (global arrays of a
+    multi-process run), other leaves as numpy arrays.
+    """
+    def target(x):
+      if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+      return np.asarray(x)
+    abstract = jax.tree.map(target, like)
     return self._manager.restore(
         step, args=self._ocp.args.StandardRestore(abstract))
 

@@ -304,6 +304,7 @@ def sweep(problem, cfg, run_dir):
   init_keys, train_keys = loop.seed_keys(cfg.seeds[:1])
   w0 = problem.init_params(init_keys[0])
   lrs = jnp.asarray(cfg.sweep_meta_lrs, jnp.float32)
+  mesh = mj.task_mesh() if cfg.shard_tasks else None
   chosen, grid = {}, []
   for algorithm in cfg.algorithms:
     deltas = (cfg.sweep_deltas if algorithm in config.DELTA_ALGORITHMS
@@ -315,11 +316,14 @@ def sweep(problem, cfg, run_dir):
       est = _estimator(problem, cfg, algorithm, base.inner_lr, delta)
       optimizer = make_optimizer(cfg.meta_optimizer, cfg.meta_lr)
       run = mj.make_fused_train(est, optimizer, problem.sample_tasks,
-                                cfg.sweep_iterations)
+                                cfg.sweep_iterations, mesh=mesh)
       states = jax.vmap(lambda lr: mj.init_train_state(
           params, make_optimizer(cfg.meta_optimizer, lr)))(lrs)
+      key = train_keys[0]
+      if mesh is not None:
+        states, key = mj.replicate((states, key), mesh)
       start = time.time()
-      states, _ = jax.vmap(run, in_axes=(0, None))(states, train_keys[0])
+      states, _ = jax.vmap(run, in_axes=(0, None))(states, key)
       validate = jax.jit(jax.vmap(functools.partial(
           problem.validate, inner_lr=base.inner_lr)))
       losses = np.asarray(validate(states.params))
@@ -382,6 +386,12 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
   members_of = functools.partial(over_members,
                                  batching=problem.member_batching)
   lengths = {cfg.eval_every, cfg.num_iterations % cfg.eval_every} - {0}
+  # --shard_tasks (always with several processes): each iteration's tasks
+  # are split over every device of every process; states stay replicated.
+  mesh = mj.task_mesh() if cfg.shard_tasks else None
+  compile_chunk = jax.jit if mesh is None else functools.partial(
+      jax.jit, out_shardings=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
   runs, states, evaluate = {}, {}, {}
   by_lr = {}  # one compiled evaluation per distinct fixed inner lr
   for algorithm in cfg.algorithms:
@@ -395,14 +405,15 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
           est = _estimator(problem, cfg, algorithm, lr, delta)
           return mj.make_fused_train(
               est, optimizer, problem.sample_tasks, length, jit=False,
-              task_batching=problem.task_batching)(state, key)
+              task_batching=problem.task_batching, mesh=mesh)(state, key)
         runs[algorithm][length] = functools.partial(
-            jax.jit(members_of(member_run)), member_lrs)
+            compile_chunk(members_of(member_run)), member_lrs)
       else:
         est = _estimator(problem, cfg, algorithm, hp.inner_lr, hp.delta)
-        runs[algorithm][length] = jax.jit(members_of(mj.make_fused_train(
-            est, optimizer, problem.sample_tasks, length, jit=False,
-            task_batching=problem.task_batching)))
+        runs[algorithm][length] = compile_chunk(members_of(
+            mj.make_fused_train(est, optimizer, problem.sample_tasks, length,
+                                jit=False, task_batching=problem.task_batching,
+                                mesh=mesh)))
     params = jax.vmap(lambda p, lr=hp.inner_lr: meta_params(p, cfg, lr))(w0)
     states[algorithm] = jax.vmap(
         lambda p, opt=optimizer: mj.init_train_state(p, opt))(params)
@@ -463,7 +474,7 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
       loop.Hooks(run_chunk=run_chunk, rows=rows, describe=describe), run_dir,
       states, train_keys, num_iterations=cfg.num_iterations,
       eval_every=cfg.eval_every, resume=cfg.resume, num_seeds=len(cfg.seeds),
-      chunk_hook=chunk_hook)
+      chunk_hook=chunk_hook, mesh=mesh)
   return TrainResult(states=done.states, hparams=hparams, rows=run_dir.rows,
                      seconds_per_iteration=done.seconds_per_iteration,
                      inner_lrs=grid)

@@ -275,8 +275,12 @@ class MetaRL(NamedTuple):
   iteration: Any  # (TrainState, key) -> (TrainState, metrics)
 
 
-def build(env, cfg: RLConfig) -> MetaRL:
-  """Builds the meta-RL training functions for ``env`` and ``cfg``."""
+def build(env, cfg: RLConfig, *, mesh=None) -> MetaRL:
+  """Builds the meta-RL training functions for ``env`` and ``cfg``.
+
+  With a task ``mesh`` (``mj.task_mesh()``), each iteration's tasks (goals
+  and their episodes) are split over its devices, on one process or many.
+  """
   validate_config(cfg)
   policy = policy_lib.GaussianMLPPolicy(action_dim=env.action_dim,
                                         hidden=tuple(cfg.hidden))
@@ -305,6 +309,8 @@ def build(env, cfg: RLConfig) -> MetaRL:
     k_tasks, k_est = mj.iteration_keys(key, state.iteration)
     goals = env.sample_tasks(k_tasks, cfg.num_tasks)
     tasks = make_tasks(goals, cfg)
+    if mesh is not None:
+      tasks = mj.constrain_tasks(tasks, mesh)
     params = state.params
     grads, aux = mj.meta_gradient(estimator, params, tasks, k_est)
     # The episodes the estimator sampled (S_j [tasks, N, ...], T) and its w_N.

@@ -169,8 +169,9 @@ def make_configs():
       raise app.UsageError(str(e)) from None
     configs[algorithm] = cfg
   config.check_workdir(FLAGS.workdir)
+  shard_tasks = config.task_sharding(resolve('tasks_per_batch'))
   settings = dict(env=env_name, env_kwargs=env_kwargs, algorithms=algorithms,
-                  seeds=seeds,
+                  seeds=seeds, shard_tasks=shard_tasks,
                   num_iterations=resolve('num_iterations'),
                   eval_every=resolve('eval_every'), eval_tasks=FLAGS.eval_tasks,
                   eval_steps=FLAGS.eval_steps)
@@ -266,17 +267,24 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
   eval_key = jax.random.PRNGKey(EVAL_SEED)
   num_iterations, eval_every = settings['num_iterations'], settings['eval_every']
   compiled = {} if compiled is None else compiled
+  # --shard_tasks (always with several processes): tasks split over every
+  # device of every process, states replicated (experiments.loop).
+  mesh = mj.task_mesh() if settings.get('shard_tasks') else None
+  compile_chunk = jax.jit if mesh is None else functools.partial(
+      jax.jit, out_shardings=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
   for algorithm, cfg in configs.items():
-    cache_key = (cfg, settings['eval_tasks'], settings['eval_steps'])
+    cache_key = (cfg, settings['eval_tasks'], settings['eval_steps'],
+                 mesh is not None)
     if cache_key not in compiled:
-      meta = metarl.build(env, cfg)
+      meta = metarl.build(env, cfg, mesh=mesh)
       compiled[cache_key] = (meta, {}, jax.jit(jax.vmap(functools.partial(
           metarl.evaluate, meta, key=eval_key, num_tasks=settings['eval_tasks'],
           num_steps=settings['eval_steps']))))
     meta, fused, evaluate[algorithm] = compiled[cache_key]
     for n in {eval_every, num_iterations % eval_every} - {0}:
       if n not in fused:
-        fused[n] = jax.jit(jax.vmap(metarl.make_fused(meta, n)))
+        fused[n] = compile_chunk(jax.vmap(metarl.make_fused(meta, n)))
     metas[algorithm], runs[algorithm] = meta, fused
     # The same w_0 per seed for every algorithm.
     states[algorithm] = jax.vmap(meta.init)(init_keys)
@@ -329,7 +337,7 @@ def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
                  checkpoints=CHECKPOINTS),
       run_dir, states, train_keys, num_iterations=num_iterations,
       eval_every=eval_every, resume=resume, num_seeds=len(seeds),
-      chunk_hook=chunk_hook)
+      chunk_hook=chunk_hook, mesh=mesh)
   return metas, done.states, done.wall
 
 
@@ -381,7 +389,8 @@ def summarize(env, configs, settings, run_dir, metas, states, wall):
   return text
 
 
-def main(argv):
+def run_cli(argv):
+  """The launcher's command line (after ``jax.distributed`` is set up)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.env.startswith('halfcheetah'):
@@ -404,3 +413,7 @@ def entry():
   config.set_defaults({k: (','.join(v) if isinstance(v, tuple) else v)
                        for k, v in DEFAULTS.items() if k != 'algorithms'})
   app.run(main)
+
+
+# One-line usage errors, and jax.distributed.initialize before anything runs.
+main = config.cli_main(run_cli)

@@ -137,17 +137,23 @@ def fixed_tasks(key, images, num_tasks, *, ways, shots, query_shots):
 DATASETS = ('glyphs', 'omniglot')
 
 
-def load(dataset, *, data_dir=None, cache_dir=None, seed=0, image_size=IMAGE_SIZE):
-  """Loads ``dataset`` ('glyphs' from ``cache_dir``, 'omniglot' from ``data_dir``)."""
+def load(dataset, *, data_dir=None, cache_dir=None, seed=0, image_size=IMAGE_SIZE,
+         max_classes=None, **omniglot_kwargs):
+  """Loads ``dataset`` ('glyphs' from ``cache_dir``, 'omniglot' from ``data_dir``).
+
+  ``max_classes`` limits glyphs to its first candidate characters (small data
+  sets for smoke tests); ``omniglot_kwargs`` (``num_train_characters``,
+  ``num_val_characters``) go to ``omniglot``.
+  """
   if dataset == 'glyphs':
     if cache_dir is None:
       raise ValueError('glyphs needs a cache_dir (where the generated .npz is kept)')
-    return glyphs(cache_dir, seed, image_size=image_size)
+    return glyphs(cache_dir, seed, image_size=image_size, max_classes=max_classes)
   if dataset == 'omniglot':
     if data_dir is None:
       raise ValueError('omniglot needs --data_dir: the folder holding images_background/ '
                        'and images_evaluation/')
-    return omniglot(data_dir, seed, image_size=image_size)
+    return omniglot(data_dir, seed, image_size=image_size, **omniglot_kwargs)
   raise ValueError(f'unknown dataset {dataset!r}; expected one of {DATASETS}')
 
 

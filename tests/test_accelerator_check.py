@@ -1,0 +1,42 @@
+"""benchmarks/accelerator_check.sh --quick runs on the CPU and writes its results.
+
+Also benchmarks/scaling.py's table: one configuration of 1 process x 2
+devices (the 2-process path is tests/test_distributed.py's). Timings are not
+checked: the machine may be shared.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_accelerator_check_quick(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable)
+  env.pop('XLA_FLAGS', None)  # the scaling part sets its own device count
+  proc = subprocess.run(
+      ['bash', 'benchmarks/accelerator_check.sh', '--quick',
+       f'--out_dir={tmp_path}'], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=420, check=False)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  with open(tmp_path / 'accelerator.json') as f:
+    res = json.load(f)
+  assert res['quick'] and res['backend'] == 'cpu'
+  assert set(res['parts']) == {'speed', 'scaling', 'rl'}
+  assert all(p['exit_code'] == 0 for p in res['parts'].values())
+  with open(tmp_path / 'accelerator_scaling.json') as f:
+    scaling = json.load(f)
+  [row] = scaling['rows']
+  assert (row['processes'], row['devices']) == (1, 2)
+  assert row['results']['maml']['tasks_per_second'] > 0
+  text = (tmp_path / 'accelerator.md').read_text()
+  for part in ('speed', 'scaling', 'rl'):
+    assert f'| {part} | 0 |' in text
+  assert 'tasks / s' in text and (tmp_path / 'accelerator_rl.md').exists()
+  assert len(os.listdir(tmp_path)) <= 8  # what a device run can bring back

@@ -1,5 +1,6 @@
 """Models and losses of the paper's experiments (each a ``loss_fn(params, batch)``)."""
 
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -60,8 +61,9 @@ def mf_loss(w, batch):
 # ----------------------------------------------------------------------------
 # Few-shot image classification: the 4-block conv net of Finn et al. (2017).
 # ----------------------------------------------------------------------------
-CONV_IMPLS = ('xla', 'matmul')
+CONV_IMPLS = ('xla', 'matmul', 'xla_vjp')
 BATCH_NORM_EPS = 1e-5  # PyTorch's default, so that the reference matches.
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def default_conv_impl(backend=None):
@@ -78,15 +80,74 @@ def default_conv_impl(backend=None):
   return 'matmul' if backend == 'cpu' else 'xla'
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def canonical_conv(x, kernel, padding):
+  """Stride-1 NHWC x HWIO convolution whose derivatives are NHWC x HWIO convolutions too.
+
+  The same function as ``lax.conv_general_dilated(x, kernel, (1, 1), padding,
+  ('NHWC', 'HWIO', 'NHWC'))``, with a custom VJP: the input gradient is the
+  output gradient convolved with the spatially flipped kernel (input and
+  output channels swapped), and the kernel gradient is the input, read as
+  [C_in, H, W, B], convolved with the output gradient, read as
+  [H', W', B, C_out] (the batch contracted like a channel). Both are calls of
+  this function, so every derivative order stays in this form.
+
+  Why: XLA:CPU runs a convolution on its fast library kernels (YNNPACK/Eigen)
+  only in this "canonical" form; JAX's own transpose rules emit the backward
+  convolutions in other dimension orders, which XLA rewrites to canonical
+  ones only in the entry computation (``ConvCanonicalization`` visits
+  ``module->entry_computation()`` only). In a loop body (``lax.map`` over
+  tasks, ``lax.scan``) they run on XLA's generic loop emitter instead, one or
+  two orders of magnitude slower (benchmarks/profile_convnet.py).
+
+  Reverse mode only: ``jax.jvp`` of a custom-VJP function raises, so
+  forward-over-reverse Hessian-vector products (``mj.maml(...,
+  backprop='product')``, ``mj.exact_hvp``) need conv_impl 'xla' or 'matmul'.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [KH, KW, C_in, C_out].
+    padding: ((top, bottom), (left, right)), each at most KH - 1 / KW - 1.
+
+  Returns:
+    [B, H + top + bottom - KH + 1, W + left + right - KW + 1, C_out].
+  """
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                      dimension_numbers=_NHWC)
+
+
+def _canonical_conv_fwd(x, kernel, padding):
+  # The primal is a call of the custom-VJP function itself, so that a second
+  # derivative (MAML through the inner steps) also uses the custom rule.
+  return canonical_conv(x, kernel, padding), (x, kernel)
+
+
+def _canonical_conv_bwd(padding, residuals, g):
+  x, kernel = residuals
+  kh, kw = kernel.shape[:2]
+  (top, bottom), (left, right) = padding
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  dx = canonical_conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom),
+                                   (kw - 1 - left, kw - 1 - right)))
+  dkernel = canonical_conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3),
+                           padding).transpose(1, 2, 0, 3)
+  return dx, dkernel
+
+
+canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+
+
 def conv3x3(x, kernel, conv_impl):
   """3x3 'SAME' convolution, stride 1, NHWC input, HWIO kernel.
 
   Args:
     x: [B, H, W, C_in].
     kernel: [3, 3, C_in, C_out].
-    conv_impl: 'xla' (``lax.conv_general_dilated``) or 'matmul' (im2col: the
+    conv_impl: 'xla' (``lax.conv_general_dilated``), 'matmul' (im2col: the
       nine shifted views of the zero-padded input concatenated on the channel
-      axis, one matmul with the [9 C_in, C_out] kernel). Same math.
+      axis, one matmul with the [9 C_in, C_out] kernel) or 'xla_vjp'
+      (``canonical_conv``: XLA's convolution with backward convolutions that
+      stay fast inside ``lax.map``; reverse mode only). Same math.
 
   Returns:
     [B, H, W, C_out].
@@ -94,7 +155,9 @@ def conv3x3(x, kernel, conv_impl):
   if conv_impl == 'xla':
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(1, 1), padding='SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        dimension_numbers=_NHWC)
+  if conv_impl == 'xla_vjp':
+    return canonical_conv(x, kernel, ((1, 1), (1, 1)))
   if conv_impl != 'matmul':
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}')
   kh, kw, c_in, c_out = kernel.shape
@@ -120,11 +183,28 @@ def batch_norm(x, scale, offset, eps=BATCH_NORM_EPS):
   return (x - mean) * jax.lax.rsqrt(var + eps) * scale + offset
 
 
+def _first_max(a, b):
+  return jnp.where(a >= b, a, b)
+
+
 def max_pool_2x2(x):
-  """2x2 max pooling, stride 2, 'VALID' (odd sizes floor, as PyTorch's max_pool2d)."""
-  b, h, w, c = x.shape
+  """2x2 max pooling, stride 2, 'VALID' (odd sizes floor, as PyTorch's max_pool2d).
+
+  Written as three ``where(a >= b, a, b)`` of the four strided views, so that
+  the gradient goes to one element of each window: the first maximum in
+  row-major order, PyTorch's rule. Not ``jnp.max`` over a reshaped window:
+  the JVP of a max reduction finds the maximum by comparing the operand with
+  the result for equality, and XLA may recompute the operand (BatchNorm and
+  ReLU, fused) in two fusions that round differently, so that no element
+  matches and the window's gradient is lost (seen under ``jax.vmap``:
+  benchmarks/repro_vmap_conv.py). A ``where`` routes the gradient by its own
+  comparison, whatever the rounding.
+  """
+  _, h, w, _ = x.shape
   x = x[:, :h // 2 * 2, :w // 2 * 2, :]
-  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+  top = _first_max(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
+  bottom = _first_max(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+  return _first_max(top, bottom)
 
 
 class ConvBlock(nn.Module):

@@ -60,7 +60,7 @@ CONVNET_HPARAMS_FULL = dict(num_tasks=32, ways=5, shots=1, query=15, filters=64,
                             num_directions=10, delta=1e-2, meta_lr=1e-3)
 CONVNET_FULL = dict(hparams=CONVNET_HPARAMS_FULL,
                     algorithms=['maml', 'fo_maml', 'ggs_maml'],
-                    task_batching='map', conv_impl='matmul',
+                    task_batching='map', conv_impl='xla_vjp',
                     naive_algorithms=['maml'], rounds=3, repeats=1,
                     fused_iterations=2)
 CONVNET_QUICK = dict(CONVNET_FULL, hparams=dict(

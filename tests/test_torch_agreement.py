@@ -110,20 +110,23 @@ def test_x64_does_not_leak():
   assert jnp.ones(()).dtype == jnp.float32
 
 
-@pytest.mark.parametrize('algorithm', [
-    'maml', 'fo_maml',
-    pytest.param('ggs_maml', marks=pytest.mark.xfail(reason=(
-        'open (issue 14): on the conv net, maml_jax GGS-MAML differs from the '
-        'PyTorch loop and torch.func (which agree with each other) by ~0.9 '
-        'relative error in float64; not yet investigated')))])
+@pytest.mark.parametrize('algorithm', ['maml', 'fo_maml', 'ggs_maml'])
 def test_convnet_agreement_float64(algorithm):
   """The few-shot conv net (experiments.models.ConvNet, 'matmul' convs, tasks
   batched with lax.map): same meta-gradient as the PyTorch loop (and TorchOpt
   for MAML / FO-MAML, when installed) in float64, tiny sizes (8 filters,
   2 tasks, 28x28 images so the four blocks pool to 1x1). Compiled with XLA's
-  default options: with FAST_COMPILE (backend optimizations off) the
-  meta-gradient of this net came out non-finite on CPU (seen, not
-  investigated)."""
+  default options (with FAST_COMPILE, backend optimizations off, the
+  meta-gradient of this net came out non-finite with the old pool below; it
+  is finite now).
+
+  GGS-MAML used to differ by a relative error of ~1 (issue 14). Not the
+  HWIO/OIHW layout of the directions: the jitted maml_jax result differed by
+  1.3 from the same function run op by op (``jax.disable_jit``), which agreed
+  with PyTorch to 7e-15. The cause was the max-pool's gradient (``jnp.max``'s
+  JVP marks the maximum by an equality test, and XLA's fused recomputation of
+  the operand rounded differently, dropping windows). ``models.max_pool_2x2``
+  now routes the gradient with ``where`` (benchmarks/repro_vmap_conv.py)."""
   from benchmarks import convnet  # pylint: disable=g-import-not-at-top
   hp = dict(num_tasks=2, ways=5, shots=1, query=2, filters=8, blocks=4,
             num_inner_steps=1, inner_lr=0.4, num_directions=2, delta=DELTA,

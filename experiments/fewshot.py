@@ -117,6 +117,8 @@ flags.DEFINE_integer('eval_inner_steps', 3,
                      'al.: 3 for 5-way; training uses --num_inner_steps). With '
                      '--per_step_inner_lr, steps past N use the last one.')
 flags.DEFINE_integer('filters', 32, 'Filters of every conv block (Finn et al.: 64).')
+flags.DEFINE_integer('blocks', 4, 'Conv blocks (Finn et al.: 4, which pool 28x28 '
+                     'to 1x1; fewer make a smaller, faster-compiling net).')
 flags.DEFINE_enum('conv_impl', 'auto', ['auto'] + list(models.CONV_IMPLS),
                   "How convolutions are computed: auto (matmul on CPU, xla "
                   "elsewhere), xla, matmul (im2col). Same math.")
@@ -273,6 +275,7 @@ def plot_task_predictions(task, predictions, path, *, title, max_query=10):
 
 def _check_flags(defaults):
   positive = ['ways', 'shots', 'query_shots', 'train_query_shots', 'filters',
+              'blocks',
               'num_final_tasks', 'eval_chunk']
   for name in positive:
     if FLAGS[name].value < 1:
@@ -348,7 +351,7 @@ def run(argv, chunk_hook=None):
   run_dir = rundir.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
                                  default_name=NAME)
   model = models.ConvNet(
-      ways, filters=FLAGS.filters,
+      ways, filters=FLAGS.filters, blocks=FLAGS.blocks,
       conv_impl=None if FLAGS.conv_impl == 'auto' else FLAGS.conv_impl)
   run_dir.write_config(rundir.config_dict(cfg, extra=dict(
       conv_impl=model.conv_impl or models.default_conv_impl())),
@@ -444,7 +447,8 @@ def run(argv, chunk_hook=None):
         + f' | {"n/a" if spi is None else f"{spi:.3g}"} |')
   summary = summaries.write_summary(
       run_dir, f'Few-shot classification: {FLAGS.dataset}, {setting}', [
-          f'Conv net of Finn et al. with {FLAGS.filters} filters '
+          f'Conv net of Finn et al. with {FLAGS.blocks} blocks of '
+          f'{FLAGS.filters} filters '
           f'({model.conv_impl or models.default_conv_impl()} convolutions), '
           f'{cfg.num_iterations} meta-iterations of {cfg.tasks_per_batch} '
           f'tasks ({shots} support + {FLAGS.train_query_shots} query images '

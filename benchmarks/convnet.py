@@ -15,7 +15,7 @@ how the convolutions are computed (``conv_impl``, see
 alternating rounds:
 
 * ``jax_step``: the jitted ``mj.make_train_step`` with the section's
-  ``task_batching`` / ``conv_impl`` (default 'map' / 'matmul');
+  ``task_batching`` / ``conv_impl`` (configs: 'map' / 'xla_vjp');
 * ``jax_step_vmap_xla`` (MAML row only, by default): the same with 'vmap' /
   'xla', the naive configuration, for contrast;
 * ``jax_fused``: ``mj.make_fused_train`` (tasks sampled on device, several

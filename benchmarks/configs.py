@@ -64,8 +64,8 @@ CONVNET_FULL = dict(hparams=CONVNET_HPARAMS_FULL,
                     naive_algorithms=['maml'], rounds=3, repeats=1,
                     fused_iterations=2)
 CONVNET_QUICK = dict(CONVNET_FULL, hparams=dict(
-    CONVNET_HPARAMS_FULL, num_tasks=2, filters=8, query=2, num_directions=2),
-                     rounds=2)
+    CONVNET_HPARAMS_FULL, num_tasks=2, filters=8, query=2, num_directions=2,
+    blocks=2), rounds=2)  # 2 blocks: the smoke test is compile-bound.
 TARGETS = {  # (problem, algorithm): minimum speedup of fused maml_jax
     'fused_vs_torch_loop': {'maml': 30.0, 'ggs_maml': 25.0},
     'fused_vs_best_torch': {'maml': 10.0, 'ggs_maml': 10.0},

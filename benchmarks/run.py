@@ -30,7 +30,7 @@ Sections (``--sections``, all by default):
 * ``convnet`` (not run by default: ~15 min on a loaded 2-core CPU): the
   few-shot conv net of Finn et al. (5-way 1-shot, 15 query images per class,
   32 tasks, N = 1, alpha = 0.4; MAML, FO-MAML, GGS-MAML with b = 10): the
-  maml_jax step (task_batching='map', conv_impl='matmul'; MAML also with the
+  maml_jax step (task_batching='map', conv_impl='xla_vjp'; MAML also with the
   naive 'vmap' / 'xla'), the fused run, the PyTorch loop, torch.func and
   TorchOpt (if installed), timed in alternating rounds
   (``benchmarks/convnet.py``).

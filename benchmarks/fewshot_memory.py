@@ -14,7 +14,6 @@ anything else on the machine. Target (issue 15): N = 50 with remat at most
   python -m benchmarks.fewshot_memory --steps=1,5 --algorithms=maml --name=quick
 """
 
-import json
 import os
 import platform
 import time
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 
 import maml_jax as mj
 from benchmarks import memory
+from benchmarks import report
 from experiments import models
 
 flags.DEFINE_list('steps', ['1', '2', '5', '10', '20', '50'], 'Inner steps N.')
@@ -148,15 +148,8 @@ def main(argv):
       targets[f'{algorithm} + remat: N=50 / N=5 <= 3'] = {
           'measured': ratio, 'met': bool(ratio <= 3.0)}
   result['targets'] = targets
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  base = os.path.join(FLAGS.out_dir, FLAGS.name)
-  with open(base + '.json', 'w') as f:
-    json.dump(result, f, indent=1)
-  text = markdown(result)
-  with open(base + '.md', 'w') as f:
-    f.write(text)
-  print(text)
-  print(f'Wrote {base}.json and {base}.md')
+  report.save_json_and_markdown(result, markdown(result), FLAGS.out_dir,
+                                FLAGS.name)
 
 
 if __name__ == '__main__':

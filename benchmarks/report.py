@@ -324,6 +324,22 @@ def rebuild(path, *, out_dir=None, with_plots=True):
   return write_markdown(results, out_dir, stem)
 
 
+def save_json_and_markdown(results, text, out_dir, name):
+  """Writes ``<out_dir>/<name>.json`` and ``.md``, prints the table and where.
+
+  For the standalone benchmark scripts (scaling, fewshot_memory) whose
+  markdown is their own ``text``.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  base = os.path.join(out_dir, name)
+  with open(base + '.json', 'w') as f:
+    json.dump(results, f, indent=1)
+  with open(base + '.md', 'w') as f:
+    f.write(text)
+  print(text)
+  print(f'Wrote {base}.json and {base}.md')
+
+
 def define_flags():
   """The command line's flags (not defined on import: ``benchmarks.run``
   imports this module and has flags of the same names)."""

@@ -41,6 +41,8 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import report
+
 _QUICK = flags.DEFINE_bool('quick', False, 'CI-sized run: tiny shapes, 2 configurations.')
 _PLATFORM = flags.DEFINE_enum(
     'platform', 'cpu', ['cpu', 'accelerator'],
@@ -280,15 +282,7 @@ def main(argv):
       python=platform.python_version(), command=' '.join(sys.argv))
   res = dict(meta=meta, settings=s, rows=rows)
   name = _NAME.value or ('quick_scaling' if s['quick'] else 'scaling')
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  path = os.path.join(_OUT_DIR.value, name)
-  with open(path + '.json', 'w') as f:
-    json.dump(res, f, indent=1)
-  text = markdown(res)
-  with open(path + '.md', 'w') as f:
-    f.write(text)
-  print(text)
-  print(f'Wrote {path}.json and {path}.md')
+  report.save_json_and_markdown(res, markdown(res), _OUT_DIR.value, name)
 
 
 if __name__ == '__main__':

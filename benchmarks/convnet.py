@@ -16,10 +16,14 @@ alternating rounds:
 
 * ``jax_step``: the jitted ``mj.make_train_step`` with the section's
   ``task_batching`` / ``conv_impl`` (configs: 'map' / 'xla_vjp');
+* ``jax_step_devices`` (when the process has several devices, e.g. one
+  CPU device per core: ``benchmarks.run --cpu_devices``): the same step
+  with the tasks split over the devices (``make_train_step(..., mesh=)``);
 * ``jax_step_vmap_xla`` (MAML row only, by default): the same with 'vmap' /
   'xla', the naive configuration, for contrast;
 * ``jax_fused``: ``mj.make_fused_train`` (tasks sampled on device, several
-  meta-iterations per compiled call), best configuration;
+  meta-iterations per compiled call), best configuration (over the devices
+  when there are several);
 * ``torch_loop`` / ``torch_func``: the PyTorch reference
   (``benchmarks.torch_reference``: Python loop with ``create_graph``, and
   ``torch.func`` vmapped over tasks), best of the thread counts tried;
@@ -87,30 +91,53 @@ def estimator(algorithm, loss_fn, hp):
       num_directions=hp['num_directions'], delta=hp['delta'])
 
 
+def task_devices(num_tasks):
+  """The largest number of this process's devices that divides ``num_tasks``."""
+  return max(n for n in range(1, jax.local_device_count() + 1)
+             if num_tasks % n == 0)
+
+
+def _mesh(devices):
+  return None if devices <= 1 else mj.task_mesh(jax.local_devices()[:devices])
+
+
 def prepare_jax_step(algorithm, hp, *, task_batching, conv_impl,
-                     compiler_options=None):
-  """The jitted ``mj.make_train_step`` on a fixed task batch (a timing case)."""
+                     compiler_options=None, devices=1):
+  """The jitted ``mj.make_train_step`` on a fixed task batch (a timing case).
+
+  ``devices`` > 1: the tasks are split over that many devices
+  (``make_train_step(..., mesh=)``, one ``shard_map`` program per device).
+  """
   loss_fn, params, tasks = setup(hp, conv_impl=conv_impl)
   opt = optax.adam(hp['meta_lr'])
+  mesh = _mesh(devices)
   step = mj.make_train_step(estimator(algorithm, loss_fn, hp), opt,
-                            task_batching=task_batching)
-  return cases_lib.step_case(step, mj.init_train_state(params, opt), tasks,
-                             compiler_options, task_batching=task_batching,
-                             conv_impl=conv_impl)
+                            task_batching=task_batching, mesh=mesh)
+  state = mj.init_train_state(params, opt)
+  if mesh is not None:
+    state, tasks = mj.replicate(state, mesh), mj.shard_tasks(tasks, mesh)
+  return cases_lib.step_case(step, state, tasks, compiler_options,
+                             task_batching=task_batching, conv_impl=conv_impl,
+                             devices=devices)
 
 
 def prepare_jax_fused(algorithm, hp, *, task_batching, conv_impl, num_iterations,
-                      compiler_options=None):
+                      compiler_options=None, devices=1):
   """``mj.make_fused_train``: ``num_iterations`` meta-iterations per call."""
   loss_fn, params, _ = setup(hp, conv_impl=conv_impl)
   opt = optax.adam(hp['meta_lr'])
   sampler = lambda k: sample_tasks(k, hp['num_tasks'], ways=hp['ways'],
                                    shots=hp['shots'], query=hp['query'])
+  mesh = _mesh(devices)
   run = mj.make_fused_train(estimator(algorithm, loss_fn, hp), opt, sampler,
-                            num_iterations, task_batching=task_batching)
-  return cases_lib.fused_case(run, mj.init_train_state(params, opt),
-                              num_iterations, compiler_options,
-                              task_batching=task_batching, conv_impl=conv_impl)
+                            num_iterations, task_batching=task_batching,
+                            mesh=mesh)
+  state = mj.init_train_state(params, opt)
+  if mesh is not None:
+    state = mj.replicate(state, mesh)
+  return cases_lib.fused_case(run, state, num_iterations, compiler_options,
+                              task_batching=task_batching, conv_impl=conv_impl,
+                              devices=devices)
 
 
 def prepare_torch(algorithm, hp, *, impl, threads):
@@ -146,6 +173,7 @@ def run_section(cfg):
   hp = spec['hparams']
   threads = cfg['torch_threads']
   has_torchopt = torchopt_available()
+  devices = task_devices(hp['num_tasks'])
   rows = []
   for algorithm in spec['algorithms']:
     cases, repeats = {}, {}
@@ -161,6 +189,12 @@ def run_section(cfg):
         algorithm, hp, task_batching=spec['task_batching'],
         conv_impl=spec['conv_impl'], compiler_options=cfg['compiler_options'])
     repeats['jax_step'] = spec['repeats']
+    if devices > 1:
+      cases['jax_step_devices'] = prepare_jax_step(
+          algorithm, hp, task_batching=spec['task_batching'],
+          conv_impl=spec['conv_impl'], compiler_options=cfg['compiler_options'],
+          devices=devices)
+      repeats['jax_step_devices'] = spec['repeats']
     if algorithm in spec['naive_algorithms']:
       cases['jax_step_vmap_xla'] = prepare_jax_step(
           algorithm, hp, task_batching='vmap', conv_impl='xla',
@@ -169,7 +203,7 @@ def run_section(cfg):
     cases['jax_fused'] = prepare_jax_fused(
         algorithm, hp, task_batching=spec['task_batching'],
         conv_impl=spec['conv_impl'], num_iterations=spec['fused_iterations'],
-        compiler_options=cfg['compiler_options'])
+        compiler_options=cfg['compiler_options'], devices=devices)
     repeats['jax_fused'] = spec['repeats']
     try:
       res = timing.interleaved(cases, rounds=spec['rounds'], repeats=repeats)
@@ -178,7 +212,7 @@ def run_section(cfg):
     row = {'algorithm': algorithm}
     for impl in torch_impls:
       row[f'torch_{impl}'] = _best_over_threads(res, f'torch_{impl}', threads)
-    for name in ('jax_step', 'jax_step_vmap_xla', 'jax_fused'):
+    for name in ('jax_step', 'jax_step_devices', 'jax_step_vmap_xla', 'jax_fused'):
       if name in res:
         row[name] = res[name]
     row['jax_fused']['params_finite'] = cases['jax_fused']['finite']()
@@ -186,16 +220,21 @@ def run_section(cfg):
     best = loop if loop['ms'] <= func['ms'] else func
     row['best_torch'] = {'ms': best['ms'], 'impl': 'loop' if best is loop else 'func'}
     stats = {name: timing.ratio_stats(best, row[name])
-             for name in ('jax_step', 'jax_step_vmap_xla', 'jax_fused', 'torch_torchopt')
+             for name in ('jax_step', 'jax_step_devices', 'jax_step_vmap_xla',
+                          'jax_fused', 'torch_torchopt')
              if name in row}
     row['speedup_stats'] = stats
     row['speedup'] = {k: v['round_median'] for k, v in stats.items()}
-    logging.info('convnet %s: torch loop %.0f ms, func %.0f ms, jax step %.0f ms, '
-                 'fused %.0f ms (x%.2f / x%.2f vs best torch)', algorithm,
-                 loop['ms'], func['ms'], row['jax_step']['ms'], row['jax_fused']['ms'],
-                 row['speedup']['jax_step'], row['speedup']['jax_fused'])
+    logging.info('convnet %s: torch loop %.0f ms, func %.0f ms, jax step %.0f ms '
+                 '(x%.2f vs best torch), on %d devices %s, fused %.0f ms (x%.2f)',
+                 algorithm, loop['ms'], func['ms'], row['jax_step']['ms'],
+                 row['speedup']['jax_step'], devices,
+                 (f"{row['jax_step_devices']['ms']:.0f} ms "
+                  f"(x{row['speedup']['jax_step_devices']:.2f})"
+                  if 'jax_step_devices' in row else '-'),
+                 row['jax_fused']['ms'], row['speedup']['jax_fused'])
     rows.append(row)
   return {'hparams': hp, 'rounds': spec['rounds'], 'repeats': spec['repeats'],
           'torch_threads': [int(n) for n in threads], 'torchopt': has_torchopt,
           'task_batching': spec['task_batching'], 'conv_impl': spec['conv_impl'],
-          'rows': rows}
+          'devices': devices, 'rows': rows}

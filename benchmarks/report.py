@@ -189,6 +189,7 @@ def markdown(results):
 CONVNET_COLUMNS = (  # (key in a row, column title)
     ('torch_loop', 'torch loop'), ('torch_func', 'torch.func'),
     ('torch_torchopt', 'TorchOpt'), ('jax_step', 'jax step'),
+    ('jax_step_devices', 'jax step, tasks over devices'),
     ('jax_step_vmap_xla', 'jax step, vmap + xla conv'), ('jax_fused', 'jax fused'))
 
 
@@ -207,7 +208,11 @@ def convnet_markdown(conv):
       f'{hp["inner_lr"]}, b = {hp["num_directions"]} (GGS-MAML), Adam. maml_jax: '
       f'task_batching={conv["task_batching"]!r}, conv_impl={conv["conv_impl"]!r} '
       '(the "vmap + xla conv" column: the naive task_batching="vmap", '
-      'conv_impl="xla"). TorchOpt: ' + ('installed' if conv['torchopt'] else
+      'conv_impl="xla"). ' + (
+          f'"tasks over devices" and fused: the tasks split over '
+          f'{conv["devices"]} devices (make_train_step / make_fused_train '
+          'with mesh=, one CPU device per core). '
+          if conv.get('devices', 1) > 1 else '') + 'TorchOpt: ' + ('installed' if conv['torchopt'] else
                                           'not installed') + '. Every '
       f'implementation of a row is timed in turn in {conv["rounds"]} rounds; '
       'PyTorch figures are the best of the thread counts '

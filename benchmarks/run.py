@@ -54,6 +54,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import torch
 
@@ -94,6 +95,11 @@ _TORCH_THREADS = flags.DEFINE_list(
     'best of them. Default 1,2 (1 with --quick): on a loaded machine 1 thread '
     'is much faster for these small tensors, on a quiet one 2 threads help '
     'torch.func a little (see BENCHMARKS.md).')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', None,
+    'CPU devices to expose (jax_num_cpu_devices, set before JAX starts); the '
+    'convnet section splits its tasks over them. Default: one per CPU core '
+    'when the convnet section runs, else 1.', lower_bound=1)
 _FAST_COMPILE = flags.DEFINE_bool(
     'fast_compile', None,
     'Compile with XLA backend optimizations off (default: only with --quick).')
@@ -193,9 +199,28 @@ def run_benchmarks(cfg):
   return results
 
 
+def set_cpu_devices(sections):
+  """One JAX CPU device per core for the convnet section (or --cpu_devices).
+
+  XLA:CPU runs one task's conv-net program on about one core; with one
+  device per core, ``make_train_step(..., mesh=)`` runs a share of the tasks
+  on each (BENCHMARKS.md, "Conv net"). Single-device programs (every other
+  section) run on device 0 as before.
+  """
+  n = _CPU_DEVICES.value
+  if n is None:
+    n = (os.cpu_count() or 1) if 'convnet' in sections else 1
+  if n > 1:
+    try:
+      jax.config.update('jax_num_cpu_devices', n)
+    except RuntimeError as e:  # JAX already started (e.g. under pytest)
+      logging.warning('--cpu_devices=%d not applied: %s', n, e)
+
+
 def main(argv):
   del argv
   cfg = config_from_flags()
+  set_cpu_devices(cfg['sections'])
   stem = _NAME.value or ('quick' if cfg['quick'] else 'latest')
   out_dir = _OUT_DIR.value
   os.makedirs(out_dir, exist_ok=True)

@@ -67,38 +67,47 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def default_conv_impl(backend=None):
-  """'matmul' on CPU, 'xla' on every other backend.
+  """'xla_vjp' on CPU, 'xla' on every other backend.
 
-  Under ``jax.vmap`` over tasks every task has its own adapted weights, so the
-  batched convolution becomes a grouped convolution (feature_group_count =
-  number of tasks), which XLA:CPU runs far slower than the equivalent batched
-  matmul ('matmul' below; see BENCHMARKS.md, "Conv net"). On GPU/TPU grouped
-  convolutions take other kernels, which nothing in this repository measures,
-  so the default there stays XLA's convolution.
+  On CPU, XLA's convolution is fast only in the canonical NHWC x HWIO form
+  and, in a loop body (``task_batching='map'``), JAX's backward convolutions
+  are not; 'xla_vjp' (``canonical_conv``) keeps every convolution canonical
+  and computes the kernel gradient as a matmul: 1.3x faster per task than
+  'matmul' (im2col) and 30x faster than 'xla' in a ``lax.map`` (BENCHMARKS.md,
+  "Conv net"). It is reverse mode only: for forward-mode derivatives
+  (``backprop='product'``, ``mj.exact_hvp``) build the model with 'matmul'.
+  On GPU/TPU convolutions take other kernels, which nothing in this
+  repository measures, so the default there stays XLA's convolution.
   """
   backend = backend or jax.default_backend()
-  return 'matmul' if backend == 'cpu' else 'xla'
+  return 'xla_vjp' if backend == 'cpu' else 'xla'
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def canonical_conv(x, kernel, padding):
-  """Stride-1 NHWC x HWIO convolution whose derivatives are NHWC x HWIO convolutions too.
+  """Stride-1 NHWC x HWIO convolution whose derivatives XLA:CPU runs fast everywhere.
 
   The same function as ``lax.conv_general_dilated(x, kernel, (1, 1), padding,
-  ('NHWC', 'HWIO', 'NHWC'))``, with a custom VJP: the input gradient is the
-  output gradient convolved with the spatially flipped kernel (input and
-  output channels swapped), and the kernel gradient is the input, read as
-  [C_in, H, W, B], convolved with the output gradient, read as
-  [H', W', B, C_out] (the batch contracted like a channel). Both are calls of
-  this function, so every derivative order stays in this form.
+  ('NHWC', 'HWIO', 'NHWC'))``, with a custom VJP:
+
+  * the input gradient is the output gradient convolved with the spatially
+    flipped kernel (input and output channels swapped): a call of this
+    function, so every derivative order stays in this form;
+  * the kernel gradient is one matmul, ``kernel_gradient``: the KH KW shifted
+    views of the padded input (im2col, [B H' W', KH KW C_in]) contracted with
+    the output gradient ([B H' W', C_out]) over the batch and pixels. Its own
+    derivatives are pads, slices and matmuls.
 
   Why: XLA:CPU runs a convolution on its fast library kernels (YNNPACK/Eigen)
-  only in this "canonical" form; JAX's own transpose rules emit the backward
-  convolutions in other dimension orders, which XLA rewrites to canonical
-  ones only in the entry computation (``ConvCanonicalization`` visits
-  ``module->entry_computation()`` only). In a loop body (``lax.map`` over
-  tasks, ``lax.scan``) they run on XLA's generic loop emitter instead, one or
-  two orders of magnitude slower (benchmarks/profile_convnet.py).
+  only in the "canonical" form NHWC x HWIO; JAX's own transpose rules emit the
+  backward convolutions in other dimension orders, which XLA rewrites to
+  canonical ones only in the entry computation (``ConvCanonicalization``
+  visits ``module->entry_computation()`` only). In a loop body (``lax.map``
+  over tasks, ``lax.scan``) they run on XLA's generic loop emitter instead,
+  one or two orders of magnitude slower. And the kernel gradient as a
+  canonical convolution (the input read as [C_in, H, W, B] against a
+  [H', W', B, C_out] "kernel" as large as the image) ran 2.5x slower than the
+  matmul (benchmarks/profile_convnet.py, BENCHMARKS.md "Conv net").
 
   Reverse mode only: ``jax.jvp`` of a custom-VJP function raises, so
   forward-over-reverse Hessian-vector products (``mj.maml(...,
@@ -116,6 +125,33 @@ def canonical_conv(x, kernel, padding):
                                       dimension_numbers=_NHWC)
 
 
+def kernel_gradient(x, g, kernel_size, padding):
+  """d/d kernel of <g, conv(x, kernel)> for a stride-1 NHWC x HWIO convolution.
+
+      dK[dy, dx, c, o] = sum_{b, h, w} x_pad[b, h + dy, w + dx, c] g[b, h, w, o]
+
+  computed as one matmul of the im2col patches of ``x`` with ``g``.
+
+  Args:
+    x: [B, H, W, C_in], the convolution's input.
+    g: [B, H', W', C_out], the gradient of its output.
+    kernel_size: (KH, KW).
+    padding: ((top, bottom), (left, right)) of the convolution.
+
+  Returns:
+    [KH, KW, C_in, C_out].
+  """
+  kh, kw = kernel_size
+  _, ho, wo, c_out = g.shape
+  c_in = x.shape[-1]
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+  patches = jnp.concatenate([xp[:, dy:dy + ho, dx:dx + wo, :]
+                             for dy in range(kh) for dx in range(kw)], axis=-1)
+  dk = jax.lax.dot_general(patches.reshape(-1, kh * kw * c_in),
+                           g.reshape(-1, c_out), (((0,), (0,)), ((), ())))
+  return dk.reshape(kh, kw, c_in, c_out)
+
+
 def _canonical_conv_fwd(x, kernel, padding):
   # The primal is a call of the custom-VJP function itself, so that a second
   # derivative (MAML through the inner steps) also uses the custom rule.
@@ -129,9 +165,7 @@ def _canonical_conv_bwd(padding, residuals, g):
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
   dx = canonical_conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom),
                                    (kw - 1 - left, kw - 1 - right)))
-  dkernel = canonical_conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3),
-                           padding).transpose(1, 2, 0, 3)
-  return dx, dkernel
+  return dx, kernel_gradient(x, g, (kh, kw), padding)
 
 
 canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
@@ -231,7 +265,7 @@ class ConvNet(nn.Module):
   """Finn et al.'s (2017) few-shot conv net: ``blocks`` ConvBlocks, linear head.
 
   On 28x28 images four blocks pool to 1x1, so the head sees ``filters``
-  features. ``conv_impl`` ('xla' or 'matmul', see ``conv3x3``) changes how the
+  features. ``conv_impl`` ('xla', 'matmul' or 'xla_vjp', see ``conv3x3``) changes how the
   convolutions are computed, not the parameters or the math; None picks
   ``default_conv_impl()`` for the backend at trace time.
   """

@@ -189,7 +189,7 @@ def test_loss_with_accuracy_aux_runs_in_an_estimator():
 
 
 def test_default_conv_impl():
-  assert models.default_conv_impl('cpu') == 'matmul'
+  assert models.default_conv_impl('cpu') == 'xla_vjp'
   assert models.default_conv_impl('gpu') == 'xla'
   assert models.default_conv_impl('tpu') == 'xla'
   with pytest.raises(ValueError, match='conv_impl'):

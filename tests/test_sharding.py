@@ -4,6 +4,7 @@ Many processes: tests/test_distributed.py.
 """
 
 import functools
+import re
 
 import jax
 import numpy as np
@@ -61,3 +62,40 @@ def test_process_local_tasks_make_the_global_batch():
     mj.shard_process_tasks(jax.tree.map(lambda x: x[:6], tasks), mesh)
   with pytest.raises(ValueError, match='multiple of 4'):
     mj.process_tasks(6, mesh)
+
+
+
+@pytest.mark.parametrize('task_batching', ['map', 2, 'vmap'])
+def test_train_step_on_mesh_equals_one_device(task_batching):
+  mesh = _mesh()
+  est = mj.fo_maml(toy.mf_loss, inner_lr=0.01, num_inner_steps=1)
+  state = mj.init_train_state(toy.init_mf_params(KEY), OPT)
+  tasks = toy.mf_tasks(KEY, 8)
+  plain = mj.make_train_step(est, OPT, task_batching=task_batching)
+  sharded = mj.make_train_step(est, OPT, task_batching=task_batching, mesh=mesh)
+  s1, m1 = plain(state, tasks, KEY)
+  state4, key4 = mj.replicate((state, KEY), mesh)
+  s4, m4 = sharded(state4, mj.shard_tasks(tasks, mesh), key4)
+  np.testing.assert_allclose(s4.params, s1.params, rtol=1e-5, atol=1e-6)
+  for name in ('loss_after', 'grad_norm', 'num_nonfinite'):
+    np.testing.assert_allclose(m4[name], m1[name], rtol=1e-5, err_msg=name)
+  with pytest.raises(ValueError, match='multiple of 4'):
+    sharded(state, toy.mf_tasks(KEY, 6), KEY)
+
+
+def test_train_step_on_mesh_splits_a_lax_map_over_the_devices():
+  """Each device loops over its own 2 tasks; GSPMD alone would loop over all 8."""
+  mesh = _mesh()
+  est = mj.fo_maml(toy.mf_loss, inner_lr=0.01, num_inner_steps=1)
+  state, key = mj.replicate((mj.init_train_state(toy.init_mf_params(KEY), OPT),
+                             KEY), mesh)
+  tasks = mj.shard_tasks(toy.mf_tasks(KEY, 8), mesh)
+
+  def trip_counts(step):
+    text = step.lower(state, tasks, key).compile().as_text()
+    return set(re.findall(r'known_trip_count":\{"n":"(\d+)"', text)) - {'1'}
+
+  assert trip_counts(mj.make_train_step(est, OPT, task_batching='map',
+                                        mesh=mesh)) == {'2'}
+  # The same step without the mesh, on the same sharded tasks (GSPMD).
+  assert trip_counts(mj.make_train_step(est, OPT, task_batching='map')) == {'8'}

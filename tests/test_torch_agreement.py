@@ -133,7 +133,10 @@ def test_convnet_agreement_float64(algorithm):
             num_inner_steps=1, inner_lr=0.4, num_directions=2, delta=DELTA,
             meta_lr=1e-3)
   with jax.enable_x64(True):
-    loss_fn, params, tasks = convnet.setup(hp, conv_impl='matmul', dtype=jnp.float64)
+    # The benchmarked configuration: conv_impl 'xla_vjp' (custom VJP, matmul
+    # kernel gradient) in a lax.map (tests/test_convnet.py: every conv_impl
+    # gives the same meta-gradient).
+    loss_fn, params, tasks = convnet.setup(hp, conv_impl='xla_vjp', dtype=jnp.float64)
     est = convnet.estimator(algorithm, loss_fn, hp)
     key = jax.random.PRNGKey(3)
     mean_jax, aux = agreement.compiled_call(

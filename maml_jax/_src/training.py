@@ -1,5 +1,6 @@
 """Meta-training with Optax: a jitted step, and many steps fused in one scan."""
 
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import chex
@@ -37,11 +38,45 @@ def iteration_keys(key: chex.PRNGKey, iteration) -> tuple[chex.PRNGKey, chex.PRN
   return k_tasks, k_est
 
 
-def _train_step(est, optimizer, task_batching):
+def _per_device_meta_gradient(est, task_batching, mesh, axis_name):
+  """``meta_gradient`` run by every device of ``mesh`` on its own tasks.
+
+  A ``jax.shard_map`` over ``axis_name``: each device computes the
+  meta-gradients of its share of the tasks (batched by ``task_batching``)
+  and ``meta_gradient(..., axis_name=)`` reduces the means over the axis, so
+  the result is replicated and equals the unsharded one to float rounding.
+  Left to GSPMD instead (a jitted call on sharded tasks), a ``lax.map`` over
+  the task axis ('map', chunk sizes) is not split over the devices: every
+  device would run every task.
+  """
+  spec = jax.sharding.PartitionSpec
+
+  def local(params, tasks, key):
+    grads, aux = meta.meta_gradient(est, params, tasks, key,
+                                    axis_name=axis_name,
+                                    task_batching=task_batching)
+    return grads, aux._replace(per_task=None)  # per-task values stay local
+
+  per_device = jax.shard_map(local, mesh=mesh,
+                             in_specs=(spec(), spec(axis_name), spec()),
+                             out_specs=spec())
+
+  def gradient(params, tasks, key):
+    sharding.check_task_split(meta.num_tasks(tasks), mesh, axis_name)
+    return per_device(params, tasks, key)
+
+  return gradient
+
+
+def _train_step(est, optimizer, task_batching, mesh=None, axis_name='tasks'):
+  if mesh is None:
+    gradient = functools.partial(meta.meta_gradient, est,
+                                 task_batching=task_batching)
+  else:
+    gradient = _per_device_meta_gradient(est, task_batching, mesh, axis_name)
 
   def step(state: TrainState, tasks: base.Task, key: chex.PRNGKey):
-    grads, aux = meta.meta_gradient(est, state.params, tasks, key,
-                                    task_batching=task_batching)
+    grads, aux = gradient(state.params, tasks, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # No finite task at all: keep the old parameters and optimizer state.
@@ -66,7 +101,9 @@ def _train_step(est, optimizer, task_batching):
 
 def make_train_step(est: base.MetaEstimator,
                     optimizer: optax.GradientTransformation, *,
-                    jit: bool = True, task_batching='vmap'):
+                    jit: bool = True, task_batching='vmap',
+                    mesh: Optional[jax.sharding.Mesh] = None,
+                    axis_name: str = 'tasks'):
   """One meta-iteration: mean meta-gradient over the task batch, Optax update.
 
   Args:
@@ -75,6 +112,15 @@ def make_train_step(est: base.MetaEstimator,
       with ``optax.sgd(beta)``).
     jit: return the step ``jax.jit``-compiled.
     task_batching: how the task axis is batched (see ``meta_gradient``).
+    mesh: a task mesh (``task_mesh()``) or None. With a mesh, every device
+      runs the meta-gradients of its share of the tasks (a ``shard_map``
+      over ``axis_name``; the number of tasks must be a multiple of the
+      axis size) and the means are reduced over the devices; ``state`` and
+      ``key`` must be replicated (``replicate``). On a CPU this is also how
+      to use several cores for models whose tasks run one after another
+      (``task_batching='map'``): expose one device per core
+      (``jax.config.update('jax_num_cpu_devices', n)`` before JAX starts).
+    axis_name: the mesh axis that splits the tasks.
 
   Returns:
     ``step(state, tasks, key) -> (state, metrics)`` with scalar metrics
@@ -86,8 +132,8 @@ def make_train_step(est: base.MetaEstimator,
     non-finite the update is skipped (and reported).
   """
   validation.check_callable(est, 'est')
-  step = _train_step(est, optimizer,
-                     meta.check_task_batching(task_batching))
+  step = _train_step(est, optimizer, meta.check_task_batching(task_batching),
+                     mesh, axis_name)
   return jax.jit(step) if jit else step
 
 
@@ -108,7 +154,8 @@ def make_fused_train(est: base.MetaEstimator,
 
   With a ``mesh`` (``task_mesh()``: every device of every process), each
   iteration's tasks are split over its ``axis_name`` axis
-  (``constrain_tasks``) and the run is data-parallel over tasks; ``state``
+  (``constrain_tasks``), each device computes its own tasks' meta-gradients
+  (as in ``make_train_step(..., mesh=)``) and the run is data-parallel over tasks; ``state``
   and ``key`` must then be the same on every process (``replicate``), and
   so is the result, equal to float rounding to a run without a mesh.
 
@@ -118,7 +165,8 @@ def make_fused_train(est: base.MetaEstimator,
   validation.check_callable(sample_tasks, 'sample_tasks')
   num_iterations = validation.check_positive_int(num_iterations,
                                                  'num_iterations')
-  step = _train_step(est, optimizer, meta.check_task_batching(task_batching))
+  step = _train_step(est, optimizer, meta.check_task_batching(task_batching),
+                     mesh, axis_name)
 
   def draw(key):
     tasks = sample_tasks(key)

@@ -99,7 +99,13 @@ def define_distributed_flags():
     'Split each task batch over every device of every process (data '
     'parallel over tasks; --tasks_per_batch must be a multiple of the '
     'number of devices). Default: on with several processes (required '
-    'there), off with one.')
+    'there) or with --cpu_devices > 1, off otherwise.')
+  d(flags.DEFINE_integer, 'cpu_devices', None,
+    'Expose this many JAX CPU devices (jax_num_cpu_devices) and split each '
+    'task batch over them: one per core runs tasks side by side. Worth it '
+    'for the few-shot conv net, whose tasks run one after another '
+    '(task_batching map) on about one core each: 1.5x on 2 cores, see '
+    'BENCHMARKS.md. Default: JAX\'s (one CPU device).', lower_bound=1)
 
 
 def define_training_flags():
@@ -260,6 +266,26 @@ def _wait_for_coordinator(address, timeout):
       time.sleep(0.2)
 
 
+def apply_cpu_devices():
+  """--cpu_devices: that many JAX CPU devices (before JAX starts; ``cli_main``).
+
+  Raises ``app.UsageError`` when JAX has already started with another
+  number of CPU devices (e.g. a launcher called from a notebook: set
+  ``jax.config.update('jax_num_cpu_devices', n)`` right after importing JAX).
+  """
+  n = FLAGS.cpu_devices if 'cpu_devices' in FLAGS else None
+  if n is None:
+    return
+  try:
+    jax.config.update('jax_num_cpu_devices', n)
+  except RuntimeError:
+    have = len(jax.devices('cpu'))
+    if have != n:
+      raise app.UsageError(
+          f'--cpu_devices={n}: JAX has already started with {have} CPU '
+          'device(s); set it before any JAX computation') from None
+
+
 def initialize_distributed():
   """``jax.distributed.initialize`` as the flags ask (``distributed_args``).
 
@@ -304,7 +330,8 @@ def initialize_distributed():
 def task_sharding(tasks_per_batch):
   """Whether task batches are split over ``jax.devices()`` (--shard_tasks).
 
-  On by default with several processes, where it is required. Raises
+  On by default with several processes, where it is required, and with
+  --cpu_devices > 1 (unless --noshard_tasks). Raises
   ``app.UsageError`` unless ``tasks_per_batch`` divides over the devices.
   """
   requested = FLAGS.shard_tasks if 'shard_tasks' in FLAGS else None
@@ -312,7 +339,8 @@ def task_sharding(tasks_per_batch):
   if processes > 1 and requested is False:
     raise app.UsageError('--noshard_tasks with several processes: every '
                          'process must hold its share of the task batch')
-  if not (requested or processes > 1):
+  cpu_devices = (FLAGS.cpu_devices if 'cpu_devices' in FLAGS else None) or 1
+  if not (requested or processes > 1 or (cpu_devices > 1 and requested is None)):
     return False
   devices = jax.device_count()
   if tasks_per_batch % devices:
@@ -335,6 +363,7 @@ def cli_main(run):
   def main(argv):
     prog = os.path.basename(sys.argv[0])
     try:
+      apply_cpu_devices()
       initialize_distributed()
       run(argv)
     except app.UsageError as e:

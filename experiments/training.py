@@ -389,6 +389,9 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
   # --shard_tasks (always with several processes): each iteration's tasks
   # are split over every device of every process; states stay replicated.
   mesh = mj.task_mesh() if cfg.shard_tasks else None
+  if mesh is not None:
+    logging.info('each task batch is split over %d %s devices (%d process(es))',
+                 mesh.size, jax.default_backend(), jax.process_count())
   compile_chunk = jax.jit if mesh is None else functools.partial(
       jax.jit, out_shardings=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec()))

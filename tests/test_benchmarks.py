@@ -358,8 +358,12 @@ def test_convnet_section_smoke(tmp_path):
   conv = res['convnet']
   spec = res['meta']['config']['convnet']
   assert [r['algorithm'] for r in conv['rows']] == spec['algorithms']
+  # 2 tasks over the CPU devices (--cpu_devices defaults to one per core;
+  # the tests' XLA_FLAGS force 4): the step is also timed on 2 devices.
+  assert conv['devices'] == 2
   for r in conv['rows']:
-    want = {'torch_loop', 'torch_func', 'jax_step', 'jax_fused'}
+    want = {'torch_loop', 'torch_func', 'jax_step', 'jax_step_devices', 'jax_fused'}
+    assert r['jax_fused']['devices'] == 2
     if r['algorithm'] in spec['naive_algorithms']:
       want.add('jax_step_vmap_xla')
     if conv['torchopt'] and r['algorithm'] in ('maml', 'fo_maml'):

@@ -199,3 +199,29 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, 'process_index', lambda: 0)
   run_dir.flush()
   assert (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_cpu_devices_flag_exposes_devices_and_splits_the_tasks():
+  """--cpu_devices: one JAX CPU device per core, task batches split over them."""
+  code = ('import sys; from absl import flags; from experiments import config; '
+          'config.define_output_flags(); flags.FLAGS(sys.argv); '
+          'config.apply_cpu_devices(); import jax; '
+          'print(jax.device_count(), config.task_sharding(6))')
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  out = subprocess.run([sys.executable, '-c', code, '--cpu_devices=3'], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=120,
+                       check=True).stdout
+  assert out.split()[-2:] == ['3', 'True']
+  config.define_output_flags()
+  with flagsaver.flagsaver():  # this process started JAX with 4 CPU devices
+    for args, sharded in ((['--cpu_devices=4'], True),
+                          (['--cpu_devices=4', '--noshard_tasks'], False)):
+      FLAGS.unparse_flags()
+      FLAGS(['prog'] + args)
+      config.apply_cpu_devices()
+      assert config.task_sharding(8) is sharded
+    FLAGS.unparse_flags()
+    FLAGS(['prog', '--cpu_devices=2'])
+    with pytest.raises(app.UsageError, match='already started with 4 CPU'):
+      config.apply_cpu_devices()
+    FLAGS.unparse_flags()

@@ -102,10 +102,11 @@ def define_distributed_flags():
     'there) or with --cpu_devices > 1, off otherwise.')
   d(flags.DEFINE_integer, 'cpu_devices', None,
     'Expose this many JAX CPU devices (jax_num_cpu_devices) and split each '
-    'task batch over them: one per core runs tasks side by side. Worth it '
-    'for the few-shot conv net, whose tasks run one after another '
-    '(task_batching map) on about one core each: 1.5x on 2 cores, see '
-    'BENCHMARKS.md. Default: JAX\'s (one CPU device).', lower_bound=1)
+    'task batch over them, to run tasks side by side on the cores. Measure '
+    'first: 1.3x faster for the benchmark\'s 32-task, 64-filter conv-net '
+    'step on 2 cores, but 1.6x slower for experiments.fewshot at its '
+    'defaults (BENCHMARKS.md, "Few-shot conv net"). Default: JAX\'s (one '
+    'CPU device).', lower_bound=1)
 
 
 def define_training_flags():

@@ -178,3 +178,12 @@ def test_seed_keys_are_distinct_and_deterministic():
   assert init.shape == train.shape == (2, 2)
   assert not np.array_equal(init[0], init[1])
   np.testing.assert_array_equal(loop.seed_keys([1])[1][0], train[1])
+
+
+def test_reuse_host_memory_takes_on_glibc():
+  """The launchers' mallopt call (--reuse_host_memory) is accepted by glibc."""
+  import platform  # pylint: disable=g-import-not-at-top
+  from experiments import config  # pylint: disable=g-import-not-at-top
+  if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+    pytest.skip('mallopt is glibc only')
+  assert config.reuse_host_memory() is True

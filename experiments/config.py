@@ -389,7 +389,9 @@ def cli_main(run):
 
   absl's own handling of ``app.UsageError`` prints the whole module docstring;
   a launcher's flag mistakes should be one line on stderr instead. Before
-  ``run``, ``initialize_distributed`` joins a multi-process run if the flags
+  ``run``, and before any JAX computation: ``reuse_host_memory`` (unless
+  --noreuse_host_memory), ``apply_cpu_devices`` (--cpu_devices), then
+  ``initialize_distributed``, which joins a multi-process run if the flags
   or the cluster environment ask for one; failing to join is one line too
   (exit code 1).
   """

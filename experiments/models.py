@@ -125,6 +125,26 @@ def canonical_conv(x, kernel, padding):
                                       dimension_numbers=_NHWC)
 
 
+def im2col(x, kernel_size, padding, out_hw):
+  """The KH KW shifted views of the padded ``x``, concatenated on the channels.
+
+  Args:
+    x: [B, H, W, C].
+    kernel_size: (KH, KW).
+    padding: ((top, bottom), (left, right)).
+    out_hw: (H', W'), the stride-1 output size.
+
+  Returns:
+    [B, H', W', KH KW C]; channel (dy KW + dx) C + c is x_pad[:, h + dy,
+    w + dx, c], the row-major flattening of an HWIO kernel's first three axes.
+  """
+  kh, kw = kernel_size
+  ho, wo = out_hw
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+  return jnp.concatenate([xp[:, dy:dy + ho, dx:dx + wo, :]
+                          for dy in range(kh) for dx in range(kw)], axis=-1)
+
+
 def kernel_gradient(x, g, kernel_size, padding):
   """d/d kernel of <g, conv(x, kernel)> for a stride-1 NHWC x HWIO convolution.
 
@@ -142,11 +162,8 @@ def kernel_gradient(x, g, kernel_size, padding):
     [KH, KW, C_in, C_out].
   """
   kh, kw = kernel_size
-  _, ho, wo, c_out = g.shape
-  c_in = x.shape[-1]
-  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-  patches = jnp.concatenate([xp[:, dy:dy + ho, dx:dx + wo, :]
-                             for dy in range(kh) for dx in range(kw)], axis=-1)
+  c_in, c_out = x.shape[-1], g.shape[-1]
+  patches = im2col(x, kernel_size, padding, g.shape[1:3])
   dk = jax.lax.dot_general(patches.reshape(-1, kh * kw * c_in),
                            g.reshape(-1, c_out), (((0,), (0,)), ((), ())))
   return dk.reshape(kh, kw, c_in, c_out)
@@ -195,12 +212,8 @@ def conv3x3(x, kernel, conv_impl):
   if conv_impl != 'matmul':
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}')
   kh, kw, c_in, c_out = kernel.shape
-  _, h, w, _ = x.shape
-  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-  # Channel index of the patches = (dy * kw + dx) * c_in + c, which is the
-  # row-major flattening of the kernel's first three axes.
-  patches = jnp.concatenate([xp[:, dy:dy + h, dx:dx + w, :]
-                             for dy in range(kh) for dx in range(kw)], axis=-1)
+  patches = im2col(x, (kh, kw), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+                   x.shape[1:3])
   return patches @ kernel.reshape(kh * kw * c_in, c_out)
 
 

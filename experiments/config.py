@@ -299,6 +299,19 @@ def reuse_host_memory():
       (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 256 << 20)))
 
 
+def set_cpu_device_count(n: int) -> int:
+  """Asks JAX for ``n`` CPU devices; returns how many it has.
+
+  ``jax_num_cpu_devices`` only takes before JAX starts; after that the
+  count it started with is returned, for the caller to compare.
+  """
+  try:
+    jax.config.update('jax_num_cpu_devices', n)
+    return n
+  except RuntimeError:  # JAX already started
+    return len(jax.devices('cpu'))
+
+
 def apply_cpu_devices():
   """--cpu_devices: that many JAX CPU devices (before JAX starts; ``cli_main``).
 
@@ -309,14 +322,11 @@ def apply_cpu_devices():
   n = FLAGS.cpu_devices if 'cpu_devices' in FLAGS else None
   if n is None:
     return
-  try:
-    jax.config.update('jax_num_cpu_devices', n)
-  except RuntimeError:
-    have = len(jax.devices('cpu'))
-    if have != n:
-      raise app.UsageError(
-          f'--cpu_devices={n}: JAX has already started with {have} CPU '
-          'device(s); set it before any JAX computation') from None
+  have = set_cpu_device_count(n)
+  if have != n:
+    raise app.UsageError(
+        f'--cpu_devices={n}: JAX has already started with {have} CPU '
+        'device(s); set it before any JAX computation')
 
 
 def initialize_distributed():

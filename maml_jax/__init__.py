@@ -13,6 +13,7 @@ from maml_jax._src.base import Sampled
 from maml_jax._src.base import Task
 from maml_jax._src.estimators import ESTIMATORS
 from maml_jax._src.estimators import estimator
+from maml_jax._src.estimators import estimator_kwargs
 from maml_jax._src.estimators import fo_maml
 from maml_jax._src.estimators import ggs_maml
 from maml_jax._src.estimators import hf_maml
@@ -21,6 +22,8 @@ from maml_jax._src.estimators import make_estimator
 from maml_jax._src.estimators import maml
 from maml_jax._src.estimators import zo_maml
 from maml_jax._src.inner import adapt
+from maml_jax._src.inner import adaptation_curve
+from maml_jax._src.inner import AdaptationCurve
 from maml_jax._src.meta import meta_gradient
 from maml_jax._src.meta import MetaAux
 from maml_jax._src.meta import num_tasks
@@ -49,6 +52,7 @@ from maml_jax._src.training import TrainState
 __version__ = '0.1.0'
 
 __all__ = (
+    'AdaptationCurve',
     'ESTIMATORS',
     'EstimatorAux',
     'HvpOracle',
@@ -61,9 +65,11 @@ __all__ = (
     'TaskKeys',
     'TrainState',
     'adapt',
+    'adaptation_curve',
     'constrain_tasks',
     'estimator',
     'estimator_hyperparameters',
+    'estimator_kwargs',
     'exact_hvp',
     'fd_hvp',
     'fo_maml',

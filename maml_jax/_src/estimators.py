@@ -504,6 +504,39 @@ def hyperparameters(name: str) -> tuple[str, ...]:
                if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
+def estimator_kwargs(name: str, **offered) -> dict:
+  """The keyword arguments of ``offered`` that the estimator ``name`` takes.
+
+  For code that builds any estimator from one set of settings (a launcher
+  with ``--delta`` and ``--num_directions`` flags, say): it offers them all
+  and each estimator gets those it takes (no ``delta`` to 'maml', no
+  ``num_directions`` to 'hf_maml'). A separate function, not a lenient mode of
+  ``make_estimator``: ``make_estimator`` stays strict, so a misspelt keyword
+  passed to it directly is still an error, and the caller says which
+  settings are optional by passing them through this function.
+
+  Args:
+    name: one of ``ESTIMATORS``.
+    **offered: candidate keyword arguments of the estimator's factory.
+
+  Returns:
+    A dict of the entries of ``offered`` whose names are in
+    ``hyperparameters(name)``, in the order given.
+
+  Raises:
+    ValueError: an unknown estimator name.
+
+  Example:
+    >>> kwargs = mj.estimator_kwargs('maml', inner_lr=0.01, num_inner_steps=3,
+    ...                              num_directions=10, delta=1e-2)
+    >>> kwargs
+    {'inner_lr': 0.01, 'num_inner_steps': 3}
+    >>> est = mj.make_estimator('maml', loss_fn, **kwargs)
+  """
+  takes = hyperparameters(name)
+  return {k: v for k, v in offered.items() if k in takes}
+
+
 def _check_name(name):
   if name not in _FACTORIES:
     raise ValueError(f'unknown estimator {name!r}; choose one of '
@@ -519,7 +552,8 @@ def make_estimator(name: str, loss_fn: base.LossFn,
     loss_fn: ``loss_fn(params, batch) -> scalar``.
     **hyperparams: the factory's keyword arguments (``hyperparameters(name)``
       lists them); one the estimator does not take is an error, so a
-      launcher passes only what applies (e.g. no ``delta`` to 'maml').
+      launcher passes only what applies (e.g. no ``delta`` to 'maml'):
+      ``estimator_kwargs`` picks those from a larger set.
 
   Raises:
     ValueError: an unknown name, or a hyperparameter the estimator does not

@@ -8,11 +8,16 @@ from the task's ``support`` field: a plain batch (every step), a ``PerStep``
 segments so that ``remat`` can keep only every k-th iterate (k ~ sqrt(N)) and
 recompute the rest; steps past N (padding of the last segment) leave the
 parameters unchanged.
+
+Two public entry points run it outside an estimator: ``adapt`` (w_N and the
+support losses) and ``adaptation_curve`` (also a user function evaluated at
+every iterate w_0..w_K, and the support batches drawn).
 """
 
 import copy
 import math
-from typing import Any, NamedTuple, Optional
+import numbers
+from typing import Any, Callable, NamedTuple, Optional
 
 import chex
 import jax
@@ -88,11 +93,13 @@ class Steps(NamedTuple):
     grads: the gradients g_j = grad l(w_j; S_j), or None.
     batches: the support batches S_j, or None.
     losses: the support losses l(w_j; S_j) (0 on padding steps).
+    evaluations: ``evaluate(w_j)`` of the loop's ``evaluate``, or None.
   """
   params: Any
   grads: Any
   batches: Any
   losses: chex.Array
+  evaluations: Any = None
 
 
 class Forward(NamedTuple):
@@ -117,12 +124,14 @@ class InnerLoop:
   one when the estimator hands them back (``keep_batches``), and, in runs that
   store iterates for the backward pass, the sampled ones it would otherwise
   have to draw again (``Sampled`` support reused as the Hessian batch).
+  ``evaluate``, if given, is called at every iterate w_j a step starts from
+  (``adaptation_curve``).
   """
 
   def __init__(self, loss_fn, task, keys: oracles.TaskKeys, *,
                step_sizes: step_sizes_lib.StepSizes, num_steps: int, sampler,
                seg: Segmentation, keep_batches: bool = False,
-               keep_grads: bool = False):
+               keep_grads: bool = False, evaluate=None):
     self.loss_fn = loss_fn
     self.task = task
     self.keys = keys
@@ -132,6 +141,7 @@ class InnerLoop:
     self.seg = seg
     self.keep_batches = keep_batches
     self.keep_grads = keep_grads
+    self.evaluate = evaluate
     self.grad_fn = jax.value_and_grad(loss_fn)
 
   def with_step_sizes(self, step_sizes):
@@ -175,10 +185,12 @@ class InnerLoop:
         w_next = optax.tree.where(valid, w_next, w)
         loss = jnp.where(valid, loss, jnp.zeros_like(loss))
         grad = optax.tree.where(valid, grad, optax.tree.zeros_like(grad))
-      return w_next, Steps(params=w if store else None,
-                           grads=grad if self.keep_grads else None,
-                           batches=batch if self._keeps_batches(store) else None,
-                           losses=loss)
+      return w_next, Steps(
+          params=w if store else None,
+          grads=grad if self.keep_grads else None,
+          batches=batch if self._keeps_batches(store) else None,
+          losses=loss,
+          evaluations=None if self.evaluate is None else self.evaluate(w))
 
     return jax.lax.scan(body, params, start + jnp.arange(length))
 
@@ -213,10 +225,152 @@ class InnerLoop:
     return self.run(params, 0, self.num_steps, store=True)
 
 
+class AdaptationCurve(NamedTuple):
+  """What ``adaptation_curve`` returns for K inner steps.
+
+  Attributes:
+    adapted: w_K, the parameters after the K steps.
+    support_losses: [K], the support loss l(w_k; S_k) of every step.
+    evaluations: ``evaluate(w_k)`` for k = 0..K, every leaf stacked on a
+      leading axis of length K + 1; None without ``evaluate``.
+    support_batches: the batches S_0..S_{K-1} the steps used, stacked
+      ([K, ...]), with ``keep_batches=True``; else None.
+  """
+  adapted: Any
+  support_losses: chex.Array
+  evaluations: Any = None
+  support_batches: Any = None
+
+
+def _check_per_step_support(support, num_steps):
+  if not isinstance(support, base.PerStep):
+    return
+  for leaf in jax.tree.leaves(support.batches):
+    if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != num_steps:
+      raise ValueError(
+          'support is PerStep, so every leaf needs a leading axis of '
+          f'num_steps={num_steps}; got shape {jnp.shape(leaf)}.')
+
+
+def _stack_with(stacked, last):
+  """Appends ``last`` to the [K, ...] leaves of ``stacked`` -> [K + 1, ...]."""
+  return jax.tree.map(
+      lambda xs, x: jnp.concatenate([xs, jnp.asarray(x, xs.dtype)[None]]),
+      stacked, last)
+
+
+def adaptation_curve(loss_fn: base.LossFn, params: base.Params, support: Any,
+                     *, inner_lr=None, num_steps: int,
+                     evaluate: Optional[Callable[[base.Params], Any]] = None,
+                     num_inner_steps: Optional[int] = None,
+                     sampler: base.Sampler = None,
+                     key: Optional[chex.PRNGKey] = None,
+                     has_aux: bool = False,
+                     keep_batches: bool = False) -> AdaptationCurve:
+  """Runs K inner steps and evaluates every iterate w_0..w_K: a learning curve.
+
+      w_0 = params,  w_{k+1} = w_k - alpha_k ⊙ grad l(w_k; S_k),  k < K
+
+  as one ``lax.scan`` (the estimators' inner step), with ``evaluate(w_k)``
+  computed inside the scan, so only the evaluations are stored, never the
+  iterates. Use it for the query loss or accuracy after 0..K steps of a
+  held-out task, or to see the episodes drawn at every w_k (``Sampled``
+  support with ``keep_batches``).
+
+  The step sizes may be per step, with a leading axis of length N =
+  ``num_inner_steps`` (the inner steps the step sizes were meta-trained for);
+  K may differ from N. Steps k >= N have no step size of their own and use
+  the last one, alpha_{N-1}.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (``-> (scalar, aux)`` with
+      ``has_aux=True``).
+    params: w_0, or a ``LearnedInnerLR`` whose step sizes are used (then
+      ``inner_lr`` may be None).
+    support: a batch (used at every step), a ``PerStep`` (leaves with a
+      leading axis of K = ``num_steps``) or a ``Sampled`` (S_k drawn at w_k).
+    inner_lr: alpha, in any form a ``LearnedInnerLR`` accepts; a per-step one
+      has a leading axis of length N = ``num_inner_steps``.
+    num_steps: K >= 0, the number of inner steps.
+    evaluate: ``evaluate(w) -> pytree`` of arrays (a query loss, a dict of
+      metrics, predictions), or None.
+    num_inner_steps: N, the length of a per-step ``inner_lr``; defaults to K.
+    sampler: ``sampler(params, data, key) -> batch`` for ``Sampled`` support.
+    key: PRNG key for ``Sampled`` support (split as in ``task_keys`` for K
+      steps: the draws depend on K); default ``PRNGKey(0)``.
+    has_aux: ``loss_fn`` returns ``(loss, aux)``; only the loss is used.
+    keep_batches: also return the support batches S_0..S_{K-1}.
+
+  Returns:
+    ``AdaptationCurve(adapted, support_losses, evaluations,
+    support_batches)``: w_K, the [K] support losses, ``evaluate(w_k)``
+    stacked over k = 0..K ([K + 1, ...]; None without ``evaluate``) and, with
+    ``keep_batches``, the [K, ...] support batches.
+
+  Example:
+    >>> curve = mj.adaptation_curve(
+    ...     loss_fn, params, task.support, inner_lr=0.01, num_steps=10,
+    ...     evaluate=lambda w: loss_fn(w, task.query))
+    >>> curve.evaluations        # [11]: query loss after 0, 1, ..., 10 steps
+    >>> meta = mj.LearnedInnerLR(params, per_step_alpha)   # leading axis N=3
+    >>> mj.adaptation_curve(loss_fn, meta, support, num_steps=10,
+    ...                     num_inner_steps=3)   # steps 3..9 use alpha_2
+  """
+  if isinstance(params, step_sizes_lib.LearnedInnerLR):
+    params, inner_lr = params.params, params.inner_lr
+  validation.check_callable(loss_fn, 'loss_fn')
+  if evaluate is not None:
+    validation.check_callable(evaluate, 'evaluate')
+  if sampler is not None:
+    validation.check_callable(sampler, 'sampler')
+  inner_lr = validation.check_inner_lr(inner_lr, allow_none=False)
+  if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) \
+      or num_steps < 0:
+    raise ValueError(f'num_steps must be an integer >= 0, got {num_steps!r}.')
+  num_steps = int(num_steps)
+  key = jax.random.PRNGKey(0) if key is None else key
+  if num_steps == 0:
+    return _no_steps(params, support, evaluate=evaluate, sampler=sampler,
+                     key=key, keep_batches=keep_batches)
+  num_inner_steps = validation.check_positive_int(
+      num_steps if num_inner_steps is None else num_inner_steps,
+      'num_inner_steps')
+  _check_per_step_support(support, num_steps)
+  loop = InnerLoop(validation.value_only(loss_fn, has_aux),
+                   base.Task(support=support, query=None),
+                   oracles.task_keys(key, num_steps),
+                   step_sizes=step_sizes_lib.StepSizes.resolve(
+                       inner_lr, params, num_inner_steps),
+                   num_steps=num_steps, sampler=sampler,
+                   seg=segmentation(num_steps, False),
+                   keep_batches=keep_batches, evaluate=evaluate)
+  adapted, steps = loop.run(params, 0, num_steps, store=False)
+  evaluations = (None if evaluate is None
+                 else _stack_with(steps.evaluations, evaluate(adapted)))
+  return AdaptationCurve(adapted, steps.losses, evaluations, steps.batches)
+
+
+def _no_steps(params, support, *, evaluate, sampler, key, keep_batches):
+  """``adaptation_curve`` with K = 0: w_0, evaluate(w_0) and empty arrays."""
+  evaluations = None
+  if evaluate is not None:
+    evaluations = jax.tree.map(lambda x: jnp.asarray(x)[None],
+                               evaluate(params))
+  batches = None
+  if keep_batches:
+    example = jax.eval_shape(
+        lambda p: example_batch(support, p, sampler, 'support', key), params)
+    batches = jax.tree.map(lambda s: jnp.zeros((0,) + s.shape, s.dtype),
+                           example)
+  return AdaptationCurve(params, jnp.zeros((0,)), evaluations, batches)
+
+
 def adapt(loss_fn: base.LossFn, params: base.Params, support: Any, *,
           inner_lr, num_steps: int, sampler: base.Sampler = None,
           key: Optional[chex.PRNGKey] = None, has_aux: bool = False):
   """Runs the inner loop of eq. (1): ``num_steps`` gradient steps on ``support``.
+
+  ``adaptation_curve`` does the same and also evaluates every iterate.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar`` (``-> (scalar, aux)`` with
@@ -233,20 +387,14 @@ def adapt(loss_fn: base.LossFn, params: base.Params, support: Any, *,
 
   Returns:
     (adapted parameters w_N, support losses l(w_j; S_j) of shape [num_steps]).
+
+  Example:
+    >>> w_n, losses = mj.adapt(loss_fn, params, task.support, inner_lr=0.01,
+    ...                        num_steps=5)
   """
-  if isinstance(params, step_sizes_lib.LearnedInnerLR):
-    params, inner_lr = params.params, params.inner_lr
-  inner_lr = validation.check_inner_lr(inner_lr, allow_none=False)
-  if num_steps == 0:
-    return params, jnp.zeros((0,))
-  num_steps = validation.check_positive_int(num_steps, 'num_steps')
-  value_fn = validation.value_only(loss_fn, has_aux)
-  keys = oracles.task_keys(jax.random.PRNGKey(0) if key is None else key,
-                           num_steps)
-  loop = InnerLoop(value_fn, base.Task(support=support, query=None), keys,
-                   step_sizes=step_sizes_lib.StepSizes.resolve(
-                       inner_lr, params, num_steps),
-                   num_steps=num_steps, sampler=sampler,
-                   seg=segmentation(num_steps, False))
-  fwd = loop.forward(params)
-  return fwd.adapted, fwd.steps.losses
+  if num_steps != 0:
+    num_steps = validation.check_positive_int(num_steps, 'num_steps')
+  curve = adaptation_curve(loss_fn, params, support, inner_lr=inner_lr,
+                           num_steps=num_steps, sampler=sampler, key=key,
+                           has_aux=has_aux)
+  return curve.adapted, curve.support_losses

@@ -44,16 +44,15 @@ def jax_estimator(algorithm: str, loss_fn, *, inner_lr: float,
   """The maml_jax estimator named ``algorithm`` (``mj.make_estimator``).
 
   ``num_directions`` and ``delta`` go to the estimators that take them
-  (``mj.estimator_hyperparameters``); an unknown name is a ValueError.
+  (``mj.estimator_kwargs``); an unknown name is a ValueError.
   ``loss_before=False`` skips the query loss at w_0 (a reported metric that
   the PyTorch versions do not compute).
   """
-  optional = dict(num_directions=num_directions, delta=delta,
-                  loss_before=loss_before)
-  accepted = mj.estimator_hyperparameters(algorithm)
   return mj.make_estimator(
       algorithm, loss_fn, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-      remat=remat, **{k: v for k, v in optional.items() if k in accepted})
+      remat=remat, **mj.estimator_kwargs(
+          algorithm, num_directions=num_directions, delta=delta,
+          loss_before=loss_before))
 
 
 def meta_gradient_directions(params, key, num_tasks: int, num_inner_steps: int,

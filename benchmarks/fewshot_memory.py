@@ -56,12 +56,11 @@ def setup(algorithm, num_inner_steps, remat, *, filters, ways, shots,
             'y': jnp.repeat(jnp.arange(ways), per_class)}
 
   task = mj.Task(support=batch(k_s, shots), query=batch(k_q, query_shots))
-  kwargs = dict(inner_lr=0.4, num_inner_steps=num_inner_steps, remat=remat)
-  if algorithm != 'maml':
-    kwargs.update(num_directions=num_directions, delta=1e-2)
-  takes = mj.estimator_hyperparameters(algorithm)
   est = mj.make_estimator(algorithm, models.make_convnet_loss(model),
-                          **{k: v for k, v in kwargs.items() if k in takes})
+                          **mj.estimator_kwargs(
+                              algorithm, inner_lr=0.4,
+                              num_inner_steps=num_inner_steps, remat=remat,
+                              num_directions=num_directions, delta=1e-2))
   return est, (params, task, key)
 
 

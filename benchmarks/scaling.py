@@ -121,9 +121,8 @@ def worker(spec):
   for algorithm in spec['algorithms']:
     hp = dict(inner_lr=0.01, num_inner_steps=spec['num_inner_steps'],
               num_directions=spec['num_directions'], delta=1e-2)
-    takes = mj.estimator_hyperparameters(algorithm)
     est = mj.make_estimator(algorithm, models.sine_loss,
-                            **{k: v for k, v in hp.items() if k in takes})
+                            **mj.estimator_kwargs(algorithm, **hp))
     run = jax.jit(mj.make_fused_train(est, optimizer, sample,
                                       spec['iterations'], jit=False,
                                       mesh=mesh), out_shardings=replicated)

@@ -178,16 +178,14 @@ def make_estimator(algorithm, loss_fn, *, inner_lr, num_inner_steps,
 
   Built by the library's registry (``mj.make_estimator``) from the launcher's
   hyperparameters, passing only those the estimator takes
-  (``mj.estimator_hyperparameters``): no delta to MAML, no b to HF-MAML.
+  (``mj.estimator_kwargs``): no delta to MAML, no b to HF-MAML.
   ``inner_lr`` may be a float, an array or tracer (``--inner_lrs``), or None
   (the step sizes come with ``mj.LearnedInnerLR`` params).
   """
-  offered = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-                 num_directions=num_directions, delta=delta, sampler=sampler,
-                 remat=remat, has_aux=has_aux)
-  takes = mj.estimator_hyperparameters(algorithm)
-  return mj.make_estimator(
-      algorithm, loss_fn, **{k: v for k, v in offered.items() if k in takes})
+  return mj.make_estimator(algorithm, loss_fn, **mj.estimator_kwargs(
+      algorithm, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
+      num_directions=num_directions, delta=delta, sampler=sampler,
+      remat=remat, has_aux=has_aux))
 
 
 def make_optimizer(name, learning_rate):

@@ -308,8 +308,7 @@ def test_has_aux_reports_query_aux_at_w0_and_w_n(name):
   """loss_fn -> (loss, aux): the same meta-gradient, aux per task and averaged."""
   w, supports, query, _ = _problem(40, 2)
   task = mj.Task(support=q.as_jax(supports[0]), query=q.as_jax(query))
-  kwargs = {k: v for k, v in dict(num_directions=2, delta=0.1).items()
-            if k in mj.estimator_hyperparameters(name)}
+  kwargs = mj.estimator_kwargs(name, num_directions=2, delta=0.1)
   plain = mj.make_estimator(name, q.loss, inner_lr=ALPHA, num_inner_steps=2,
                             **kwargs)
   with_aux = mj.make_estimator(name, _loss_with_aux, inner_lr=ALPHA,
@@ -396,8 +395,7 @@ def test_registry_builds_every_estimator_and_names_bad_input():
   for name in mj.ESTIMATORS:
     assert {'inner_lr', 'num_inner_steps', 'remat', 'has_aux'} <= set(
         mj.estimator_hyperparameters(name))
-    kwargs = {k: v for k, v in dict(num_directions=2, delta=0.3).items()
-              if k in mj.estimator_hyperparameters(name)}
+    kwargs = mj.estimator_kwargs(name, num_directions=2, delta=0.3)
     by_name = mj.make_estimator(name, q.loss, inner_lr=ALPHA,
                                 num_inner_steps=2, **kwargs)
     direct = getattr(mj, name)(q.loss, inner_lr=ALPHA, num_inner_steps=2,

@@ -226,8 +226,7 @@ def test_every_estimator_and_the_fused_loop_learn_step_sizes():
   opt = optax.adam(1e-2)
   hyper = dict(num_directions=2, delta=1e-2)
   for name in mj.ESTIMATORS:
-    kwargs = {k: v for k, v in hyper.items()
-              if k in mj.estimator_hyperparameters(name)}
+    kwargs = mj.estimator_kwargs(name, **hyper)
     est = mj.make_estimator(name, loss, num_inner_steps=N, **kwargs)
     step = mj.make_train_step(est, opt)
     state = mj.init_train_state(meta, opt)

@@ -193,7 +193,7 @@ def make_loss(policy):
 
 
 # The RL config's fields that are estimator hyperparameters; each estimator
-# gets those it takes (``mj.estimator_hyperparameters``).
+# gets those it takes (``mj.estimator_kwargs``).
 _ESTIMATOR_FIELDS = ('inner_lr', 'num_inner_steps', 'num_directions', 'delta',
                      'remat')
 
@@ -205,9 +205,8 @@ def make_estimator(loss_fn, sampler, cfg: RLConfig, *, loss_before=False):
   the episodes). ``loss_before=False``: no query rollout at w_0 (see the
   module docstring); True only where l(w_0; T) itself is wanted (a test).
   """
-  accepted = mj.estimator_hyperparameters(cfg.algorithm)
-  hyperparams = {name: getattr(cfg, name) for name in _ESTIMATOR_FIELDS
-                 if name in accepted}
+  hyperparams = mj.estimator_kwargs(
+      cfg.algorithm, **{name: getattr(cfg, name) for name in _ESTIMATOR_FIELDS})
   return mj.make_estimator(cfg.algorithm, loss_fn, sampler=sampler,
                            keep_batches=True, loss_before=loss_before,
                            **hyperparams)

@@ -5,6 +5,7 @@ Improved Algorithms" (arXiv 2002.07836). The contract with a model is one
 function, ``loss_fn(params, batch) -> scalar``.
 """
 
+from maml_jax import nn
 from maml_jax._src.base import EstimatorAux
 from maml_jax._src.base import HvpOracle
 from maml_jax._src.base import MetaEstimator
@@ -24,6 +25,8 @@ from maml_jax._src.estimators import zo_maml
 from maml_jax._src.inner import adapt
 from maml_jax._src.inner import adaptation_curve
 from maml_jax._src.inner import AdaptationCurve
+from maml_jax._src.meta import check_task_batching
+from maml_jax._src.meta import choose_task_batching
 from maml_jax._src.meta import meta_gradient
 from maml_jax._src.meta import MetaAux
 from maml_jax._src.meta import num_tasks
@@ -66,6 +69,8 @@ __all__ = (
     'TrainState',
     'adapt',
     'adaptation_curve',
+    'check_task_batching',
+    'choose_task_batching',
     'constrain_tasks',
     'estimator',
     'estimator_hyperparameters',
@@ -85,6 +90,7 @@ __all__ = (
     'make_train_step',
     'maml',
     'meta_gradient',
+    'nn',
     'no_hvp',
     'num_tasks',
     'process_tasks',

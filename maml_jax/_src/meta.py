@@ -1,12 +1,14 @@
 """Task batches: the meta-gradient of eq. (7), sharded or not (see sharding.py)."""
 
 from typing import Any, NamedTuple, Optional
+import warnings
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from maml_jax._src import base
+from maml_jax._src import nn
 from maml_jax._src import validation
 
 
@@ -100,17 +102,103 @@ def _mean_numeric(tree, n_total, axis_name):
   return jax.tree.map(mean, tree)
 
 
-TASK_BATCHING = ('vmap', 'map', 'unroll')
+TASK_BATCHING = ('auto', 'vmap', 'map', 'unroll')
 
 
 def check_task_batching(task_batching):
-  """'vmap', 'map', 'unroll' or a positive chunk size; returns it normalised."""
+  """'auto', 'vmap', 'map', 'unroll' or a positive chunk size; returns it normalised.
+
+  Raises:
+    ValueError: naming the argument, for anything else.
+  """
   if isinstance(task_batching, str):
     if task_batching not in TASK_BATCHING:
       raise ValueError(f'task_batching must be one of {TASK_BATCHING} or a '
                        f'positive int, got {task_batching!r}.')
     return task_batching
   return validation.check_positive_int(task_batching, 'task_batching')
+
+
+def _sub_jaxprs(value):
+  """The jaxprs held by an equation parameter (scan bodies, branches, calls)."""
+  if hasattr(value, 'eqns'):
+    yield value
+  elif hasattr(value, 'jaxpr') and hasattr(value.jaxpr, 'eqns'):
+    yield value.jaxpr
+  elif isinstance(value, (tuple, list)):
+    for item in value:
+      yield from _sub_jaxprs(item)
+
+
+def _convolutions(jaxpr):
+  """Every ``conv_general_dilated`` equation of ``jaxpr``, nested ones included."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      yield eqn
+    for value in eqn.params.values():
+      for sub in _sub_jaxprs(value):
+        yield from _convolutions(sub)
+
+
+def _abstract(tree):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+_SLOW_CONV_ADVICE = (
+    "task_batching='auto' chose 'map' (tasks one after another) for a per-task "
+    'program with convolutions on CPU, but {slow} of its {total} convolutions '
+    'are not in the layout XLA:CPU runs fast inside a loop (typically the '
+    "backward convolutions JAX writes for lax.conv_general_dilated / Flax's "
+    'nn.Conv), so every task step will be slow (~15x for a 4-block conv net). '
+    'Fix: build the model with maml_jax.nn.conv_general_dilated, e.g. '
+    'nn.Conv(..., conv_general_dilated=maml_jax.nn.conv_general_dilated).')
+
+
+def choose_task_batching(est: base.MetaEstimator, params: base.Params,
+                         tasks: base.Task, key: chex.PRNGKey, *,
+                         backend: Optional[str] = None) -> str:
+  """What ``task_batching='auto'`` runs: 'map' or 'vmap' (decided at trace time).
+
+  Traces one task's estimator (shapes only, nothing runs) and looks for
+  convolutions in the per-task program, its derivatives included:
+
+  * none, or a backend other than CPU: ``'vmap'``, one batched program
+    (for MLPs many times faster than a loop);
+  * convolutions on CPU: ``'map'``. Under ``jax.vmap`` every task's own
+    weights turn a convolution into a grouped one, which XLA:CPU runs one or
+    two orders of magnitude slower than the same work task by task.
+
+  If some of those convolutions are not in XLA:CPU's canonical layout (the
+  backward convolutions of ``lax.conv_general_dilated``), neither choice is
+  fast; a warning (once per call site) names the fix,
+  ``maml_jax.nn.conv_general_dilated``.
+
+  Args:
+    est: the per-task estimator.
+    params: meta parameters (arrays or tracers; only shapes are used).
+    tasks: the task batch (leading task axis).
+    key: the PRNG key.
+    backend: the platform to decide for (default ``jax.default_backend()``).
+
+  Returns:
+    'map' or 'vmap'.
+  """
+  if (backend or jax.default_backend()) != 'cpu':
+    return 'vmap'
+  one_task = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x)),
+      tasks)
+  jaxpr = jax.make_jaxpr(est)(_abstract(params), one_task, _abstract(key))
+  convs = list(_convolutions(jaxpr.jaxpr))
+  if not convs:
+    return 'vmap'
+  slow = sum(not nn.is_canonical(eqn.params['dimension_numbers'])
+             for eqn in convs)
+  if slow:
+    warnings.warn(_SLOW_CONV_ADVICE.format(slow=slow, total=len(convs)),
+                  stacklevel=4)
+  return 'map'
 
 
 def _per_task(est, params, tasks, keys, n, task_batching):
@@ -130,7 +218,7 @@ def _per_task(est, params, tasks, keys, n, task_batching):
 def meta_gradient(est: base.MetaEstimator, params: base.Params,
                   tasks: base.Task, key: chex.PRNGKey, *,
                   axis_name: Optional[str] = None,
-                  task_batching='vmap'):
+                  task_batching='auto'):
   """Mean meta-gradient over a batch of tasks, eq. (7).
 
       G(w) = (1/|B|) sum_{i in B} G_i(w)
@@ -149,14 +237,16 @@ def meta_gradient(est: base.MetaEstimator, params: base.Params,
   the axis, so the result equals the unsharded one on every device.
 
   How the task axis is batched is a speed choice only (the results agree to
-  float rounding). ``'vmap'`` (default) is one batched program: right for
-  MLPs, where it is many times faster than a loop. When every task's inner
-  steps give it its own weights, a vmapped convolution becomes a grouped
-  convolution, which XLA:CPU runs far slower than the same work task by task;
-  ``'map'`` runs the tasks one after another in a ``lax.map``, an int k runs
-  chunks of k tasks vmapped, one chunk after another (memory ~ k tasks), and
-  ``'unroll'`` writes every task into the program (fast to run, slow to
-  compile for many tasks).
+  float rounding). ``'auto'`` (default) decides at trace time from the
+  per-task program (``choose_task_batching``): ``'map'`` when it has
+  convolutions and runs on CPU, ``'vmap'`` otherwise. ``'vmap'`` is one
+  batched program: right for MLPs, where it is many times faster than a
+  loop; but when every task's inner steps give it its own weights, a vmapped
+  convolution becomes a grouped convolution, which XLA:CPU runs far slower
+  than the same work task by task. ``'map'`` runs the tasks one after another
+  in a ``lax.map``, an int k runs chunks of k tasks vmapped, one chunk after
+  another (memory ~ k tasks), and ``'unroll'`` writes every task into the
+  program (fast to run, slow to compile for many tasks).
 
   Args:
     est: a per-task estimator (``maml``, ``ggs_maml``, ...).
@@ -164,13 +254,15 @@ def meta_gradient(est: base.MetaEstimator, params: base.Params,
     tasks: a ``Task`` whose leaves carry a leading task axis.
     key: PRNG key, the same on every device.
     axis_name: the mesh axis the tasks are split over, or None.
-    task_batching: 'vmap', 'map', 'unroll' or a chunk size (int).
+    task_batching: 'auto', 'vmap', 'map', 'unroll' or a chunk size (int).
 
   Returns:
     (mean meta-gradient shaped like ``params``, ``MetaAux``).
   """
   task_batching = check_task_batching(task_batching)
   n = num_tasks(tasks)
+  if task_batching == 'auto':
+    task_batching = choose_task_batching(est, params, tasks, key)
   keys = _task_keys(key, n, axis_name)
   if axis_name is not None:
     params = _make_varying(params, axis_name)

@@ -48,16 +48,46 @@ def _weighted_sum(weights, stacked):
                       stacked)
 
 
-def exact_hvp(loss_fn: base.LossFn) -> base.HvpOracle:
-  """Exact Hessian-vector product, forward-over-reverse: d/de grad l(w + e v).
+_HVP_MODES = ('auto', 'forward', 'reverse')
+
+
+def exact_hvp(loss_fn: base.LossFn, *, mode: str = 'auto') -> base.HvpOracle:
+  """Exact Hessian-vector product H v of ``loss_fn(., batch)`` at ``params``.
 
   This is the H_j v of eq. (3)/(8), at the cost of about two gradients.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar``.
+    mode: 'forward' (forward-over-reverse, d/de grad l(w + e v): the
+      cheapest), 'reverse' (reverse-over-reverse, grad_w <grad l(w), v>: works
+      for models with custom-VJP layers such as
+      ``maml_jax.nn.conv_general_dilated``, which forward mode cannot
+      differentiate) or 'auto' (forward, and reverse where the model has a
+      custom-VJP function; decided at trace time).
+
+  Returns:
+    ``hvp(params, batch, v, key) -> H v`` (``key`` unused).
   """
+  if mode not in _HVP_MODES:
+    raise ValueError(f'mode must be one of {_HVP_MODES}, got {mode!r}.')
+  grad_fn = jax.grad(loss_fn)
+
+  def forward(params, batch, v):
+    return jax.jvp(lambda p: grad_fn(p, batch), (params,), (v,))[1]
+
+  def reverse(params, batch, v):
+    return jax.grad(lambda p: optax.tree.vdot(grad_fn(p, batch), v))(params)
 
   def hvp(params, batch, v, key):
     del key
-    grad_fn = jax.grad(loss_fn)
-    return jax.jvp(lambda p: grad_fn(p, batch), (params,), (v,))[1]
+    if mode == 'reverse':
+      return reverse(params, batch, v)
+    try:
+      return forward(params, batch, v)
+    except TypeError as error:  # jvp of a custom_vjp function
+      if mode == 'forward' or 'custom_vjp' not in str(error):
+        raise
+      return reverse(params, batch, v)
 
   return hvp
 

@@ -101,7 +101,7 @@ def _train_step(est, optimizer, task_batching, mesh=None, axis_name='tasks'):
 
 def make_train_step(est: base.MetaEstimator,
                     optimizer: optax.GradientTransformation, *,
-                    jit: bool = True, task_batching='vmap',
+                    jit: bool = True, task_batching='auto',
                     mesh: Optional[jax.sharding.Mesh] = None,
                     axis_name: str = 'tasks'):
   """One meta-iteration: mean meta-gradient over the task batch, Optax update.
@@ -141,7 +141,7 @@ def make_fused_train(est: base.MetaEstimator,
                      optimizer: optax.GradientTransformation,
                      sample_tasks: Callable[[chex.PRNGKey], base.Task],
                      num_iterations: int, *, jit: bool = True,
-                     task_batching='vmap',
+                     task_batching='auto',
                      mesh: Optional[jax.sharding.Mesh] = None,
                      axis_name: str = 'tasks'):
   """``num_iterations`` meta-iterations in one compiled ``lax.scan``.

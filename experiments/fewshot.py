@@ -143,9 +143,12 @@ def split_accuracy(values):
   return float(values.mean()), float(1.96 * values.std() / math.sqrt(values.size))
 
 
-def adaptation_curve(loss_fn, params, tasks, *, inner_lr, num_steps, per_step,
+def adaptation_curve(loss_fn, params, tasks, *, inner_lr, num_steps,
                      num_inner_steps, chunk):
   """Per-task query loss and accuracy after k = 0..num_steps inner steps.
+
+  ``mj.adaptation_curve`` for every task, with the query loss and accuracy
+  as its evaluation.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> (loss, {'accuracy': ...})``.
@@ -154,26 +157,19 @@ def adaptation_curve(loss_fn, params, tasks, *, inner_lr, num_steps, per_step,
     inner_lr: the fixed alpha (ignored for learned step sizes).
     num_steps: adaptation steps; with a per-step learned alpha, steps past
       ``num_inner_steps`` use the last one.
-    per_step: whether the learned step sizes have a per-step axis.
-    num_inner_steps: N of training.
+    num_inner_steps: N of training (the length of a per-step alpha).
     chunk: tasks vmapped together; chunks run one after another (lax.map).
 
   Returns:
     (losses, accuracies), each [num_tasks, num_steps + 1].
   """
-  w0, alpha = training.split_meta_params(params, inner_lr)
 
   def one(support, query):
-    def body(p, j):
-      loss, aux = loss_fn(p, query)
-      alpha_j = training.step_size_at(alpha, j, per_step=per_step,
-                                      num_inner_steps=num_inner_steps)
-      p, _ = mj.adapt(loss_fn, p, support, inner_lr=alpha_j, num_steps=1,
-                      has_aux=True)
-      return p, (loss, aux['accuracy'])
-    p, (losses, accs) = jax.lax.scan(body, w0, jnp.arange(num_steps))
-    loss, aux = loss_fn(p, query)
-    return jnp.append(losses, loss), jnp.append(accs, aux['accuracy'])
+    loss, aux = mj.adaptation_curve(
+        loss_fn, params, support, inner_lr=inner_lr, num_steps=num_steps,
+        num_inner_steps=num_inner_steps, has_aux=True,
+        evaluate=lambda w: loss_fn(w, query)).evaluations
+    return loss, aux['accuracy']
 
   n = jax.tree.leaves(tasks)[0].shape[0]
   chunk = max(1, min(chunk, n))
@@ -207,8 +203,7 @@ def make_problem(cfg, splits, *, ways, shots, query_shots, train_query_shots,
                      query_shots=query_shots)
   curve = functools.partial(
       adaptation_curve, loss_fn, num_steps=eval_inner_steps,
-      per_step=cfg.per_step_inner_lr, num_inner_steps=cfg.num_inner_steps,
-      chunk=eval_chunk)
+      num_inner_steps=cfg.num_inner_steps, chunk=eval_chunk)
 
   def evaluate(params, *, inner_lr):
     losses, accs = curve(params, test_tasks, inner_lr=inner_lr)
@@ -372,8 +367,7 @@ def run(argv, chunk_hook=None):
   final_tasks = sample_test(final_key, FLAGS.num_final_tasks)
   curve = functools.partial(
       adaptation_curve, loss_fn, tasks=final_tasks,
-      num_steps=FLAGS.eval_inner_steps,
-      per_step=cfg.per_step_inner_lr, num_inner_steps=cfg.num_inner_steps,
+      num_steps=FLAGS.eval_inner_steps, num_inner_steps=cfg.num_inner_steps,
       chunk=FLAGS.eval_chunk)
   final = {'dataset': FLAGS.dataset, 'ways': ways, 'shots': shots,
            'query_shots': FLAGS.query_shots,
@@ -388,13 +382,10 @@ def run(argv, chunk_hook=None):
   @jax.jit
   def predict(params, inner_lr):
     """Query labels predicted for ``example`` after the evaluation's steps."""
-    w0, alpha = training.split_meta_params(params, inner_lr)
-    adapted = w0
-    for j in range(FLAGS.eval_inner_steps):
-      alpha_j = training.step_size_at(alpha, j, per_step=cfg.per_step_inner_lr,
-                                      num_inner_steps=cfg.num_inner_steps)
-      adapted, _ = mj.adapt(loss_fn, adapted, example.support,
-                            inner_lr=alpha_j, num_steps=1, has_aux=True)
+    adapted = mj.adaptation_curve(
+        loss_fn, params, example.support, inner_lr=inner_lr,
+        num_steps=FLAGS.eval_inner_steps, num_inner_steps=cfg.num_inner_steps,
+        has_aux=True).adapted
     return jnp.argmax(model.apply(adapted, example.query['x']), axis=-1)
 
   for arm in result.arms():

@@ -76,37 +76,21 @@ flags.DEFINE_integer('kshot_steps', 10,
 FLAGS = flags.FLAGS
 
 
-def inner_step(params, support, alpha_j):
-  """w - alpha_j ⊙ grad l(w; support): ``mj.adapt`` with one step.
-
-  ``alpha_j`` is one step's size, a scalar or shaped like ``params``.
-  """
-  return mj.adapt(models.sine_loss, params, support, inner_lr=alpha_j,
-                  num_steps=1)[0]
-
-
-def k_step_mse(params, tasks, *, inner_lr, max_steps, per_step=False,
-               num_inner_steps=None):
+def k_step_mse(params, tasks, *, inner_lr, max_steps, num_inner_steps=None):
   """Mean query MSE over ``tasks`` after k = 0..max_steps inner steps [K + 1].
 
-  ``params`` may be ``mj.LearnedInnerLR``: its step sizes are used, and with
-  ``per_step`` (a leading axis of length ``num_inner_steps`` = N) the steps
-  k > N use the last one, alpha_{N-1}. ``inner_lr`` may be traced.
-
-  One ``mj.adapt`` step per k in a ``lax.scan``: ``mj.adapt`` returns only
-  w_N (not the query loss at every w_k), and a per-step alpha needs
-  ``num_steps`` = N, while the curve runs past N.
+  ``params`` may be ``mj.LearnedInnerLR``: its step sizes are used, and
+  per-step ones (a leading axis of length ``num_inner_steps`` = N) use the
+  last one, alpha_{N-1}, for the steps k >= N (``mj.adaptation_curve``).
+  ``inner_lr`` may be traced.
   """
-  w0, alpha = training.split_meta_params(params, inner_lr)
 
   def one(support, query):
-    def body(p, j):
-      loss = models.sine_loss(p, query)
-      alpha_j = training.step_size_at(alpha, j, per_step=per_step,
-                                      num_inner_steps=num_inner_steps)
-      return inner_step(p, support, alpha_j), loss
-    p_k, losses = jax.lax.scan(body, w0, jnp.arange(max_steps))
-    return jnp.append(losses, models.sine_loss(p_k, query))
+    return mj.adaptation_curve(
+        models.sine_loss, params, support, inner_lr=inner_lr,
+        num_steps=max_steps, num_inner_steps=num_inner_steps,
+        evaluate=lambda w: models.sine_loss(w, query)).evaluations
+
   return jnp.mean(jax.vmap(one)(tasks.support, tasks.query), axis=0)
 
 
@@ -120,28 +104,25 @@ def make_problem(cfg, *, num_support, num_query, num_test_tasks, eval_seed):
 
 
 def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,
-                steps, per_step=False, num_inner_steps=None):
+                steps, num_inner_steps=None):
   """The classic picture for one held-out task and one set of meta params.
 
   ``algorithm`` names the file and title (an arm name with ``--inner_lrs``);
   ``params`` may be ``mj.LearnedInnerLR`` (as in ``k_step_mse``).
   """
   learned = isinstance(params, mj.LearnedInnerLR)
-  params, alpha = training.split_meta_params(params, inner_lr)
   amp, phase = task_lib.sine_task_params(key, 1)
   support = task_lib.sine_points(jax.random.fold_in(key, 7), amp, phase,
                                  num_support)
   support = jax.tree.map(lambda x: x[0], support)
   x = jnp.linspace(*task_lib.SINE_X, 200)[:, None]
-  predictions = {'meta-learned init (k=0)':
-                     models.SINE_MODEL.apply(params, x)[:, 0]}
-  p = params
-  for k in range(1, max(steps) + 1):
-    p = inner_step(p, support, training.step_size_at(
-        alpha, k - 1, per_step=per_step, num_inner_steps=num_inner_steps))
-    if k in steps:
-      predictions[f'after {k} step{"s" if k > 1 else ""}'] = (
-          models.SINE_MODEL.apply(p, x)[:, 0])
+  curve = mj.adaptation_curve(
+      models.sine_loss, params, support, inner_lr=inner_lr,
+      num_steps=max(steps), num_inner_steps=num_inner_steps,
+      evaluate=lambda w: models.SINE_MODEL.apply(w, x)[:, 0])
+  predictions = {'meta-learned init (k=0)': curve.evaluations[0]}
+  for k in steps:
+    predictions[f'after {k} step{"s" if k > 1 else ""}'] = curve.evaluations[k]
   alpha_text = (f'learned alpha (init {inner_lr:g})' if learned
                 else f'alpha={inner_lr:g}')
   return plotting.plot_sine_fit(
@@ -180,7 +161,6 @@ def run(argv, chunk_hook=None):
   curves = {}
   curve = functools.partial(k_step_mse, tasks=test_tasks,
                             max_steps=FLAGS.kshot_steps,
-                            per_step=cfg.per_step_inner_lr,
                             num_inner_steps=cfg.num_inner_steps)
   for algorithm, state in result.states.items():
     if result.inner_lrs:
@@ -198,7 +178,7 @@ def run(argv, chunk_hook=None):
     fit_picture(jax.tree.map(lambda x: x[0], arm.params), run_dir, arm.name,
                 key=jax.random.fold_in(test_key, 99),
                 num_support=FLAGS.num_support, inner_lr=arm.inner_lr,
-                steps=(1, FLAGS.kshot_steps), per_step=cfg.per_step_inner_lr,
+                steps=(1, FLAGS.kshot_steps),
                 num_inner_steps=cfg.num_inner_steps)
   kshot_info = {
       'steps': list(range(FLAGS.kshot_steps + 1)),

@@ -81,18 +81,6 @@ def split_meta_params(params, inner_lr=None):
   return params, inner_lr
 
 
-def step_size_at(inner_lr, j, *, per_step, num_inner_steps):
-  """alpha_j of step ``j`` (may be traced) of a fixed or learned step size.
-
-  A per-step ``inner_lr`` (leading axis N = ``num_inner_steps``) has no value
-  for j >= N: those steps use the last one, alpha_{N-1}.
-  """
-  if not per_step:
-    return inner_lr
-  return jax.tree.map(lambda a: a[jnp.minimum(j, num_inner_steps - 1)],
-                      inner_lr)
-
-
 def inner_lr_stats(inner_lr, *, per_step):
   """Summary of learned step sizes for metric rows (host numpy).
 

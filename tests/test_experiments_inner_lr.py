@@ -147,7 +147,7 @@ def test_k_step_curve_uses_the_last_learned_step_past_n():
   tasks = task_lib.sine_tasks(jax.random.PRNGKey(1), 3, num_support=5,
                               num_query=5)
   got = sine.k_step_mse(meta, tasks, inner_lr=None, max_steps=4,
-                        per_step=True, num_inner_steps=2)
+                        num_inner_steps=2)
 
   def manual(support, query):
     w, out = params, []

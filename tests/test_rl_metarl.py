@@ -82,6 +82,33 @@ def test_the_estimators_kept_episodes_are_what_trpo_needs():
   jax.tree.map(close, grads, ref)
 
 
+def test_evaluate_draws_fresh_episodes_at_every_iterate():
+  """metarl.evaluate: episodes at w_0..w_K, each step a gradient on its own."""
+  env = envs.navigation2d()
+  meta = metarl.build(env, tiny())
+  params = meta.init(jax.random.PRNGKey(0)).params
+  key = jax.random.PRNGKey(5)
+  returns, goals, obs = jax.jit(lambda p: metarl.evaluate(
+      meta, p, key, num_tasks=2, num_steps=2))(params)
+  assert returns.shape == (3,) and goals.shape == (2, 2)
+  assert obs.shape == (2, 3, 3, env.horizon, env.obs_dim)
+  # By hand: S_k drawn at w_k with the keys of a (K + 1)-step curve.
+  task_keys = jax.random.split(jax.random.split(key)[1], 2)
+  by_task = []
+  for i in range(2):
+    keys = mj.task_keys(task_keys[i], 3).support
+    w, task_returns = params, []
+    for k in range(3):
+      batch = meta.sampler(w, goals[i], keys[k])
+      np.testing.assert_allclose(batch['obs'], obs[i, k], rtol=2e-3, atol=2e-4)
+      task_returns.append(jnp.mean(jnp.sum(batch['rewards'], -1)))
+      w = jax.tree.map(lambda p, g: p - 0.1 * g, w,
+                       jax.grad(meta.loss_fn)(w, batch))
+    by_task.append(jnp.stack(task_returns))
+  np.testing.assert_allclose(returns, jnp.mean(jnp.stack(by_task), 0),
+                             rtol=2e-3, atol=1e-4)
+
+
 def test_env_steps_per_iteration_counts_only_what_the_algorithm_samples():
   env = envs.navigation2d()
   batch = 2 * 3 * env.horizon  # tasks x episodes x horizon

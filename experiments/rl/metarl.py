@@ -395,24 +395,21 @@ def evaluate(meta: MetaRL, params, key, *, num_tasks, num_steps):
   Fresh episodes (``cfg.num_episodes`` per task) at every step, as in training.
   Also returns the goals and the positions of the episodes at every step
   (``[num_tasks, num_steps + 1, E, T, obs_dim]``) for trajectory pictures.
+
+  The episodes are the support batches of ``mj.adaptation_curve`` run for
+  K + 1 = ``num_steps`` + 1 steps: S_k is drawn at w_k, k = 0..K (the update
+  of the last step is not used).
   """
   cfg = meta.cfg
   k_tasks, k_run = jax.random.split(key)
   goals = meta.env.sample_tasks(k_tasks, num_tasks)
-  grad_fn = jax.grad(meta.loss_fn)
 
-  # The inner loop by hand, not ``mj.adapt``: the evaluation needs the episodes
-  # of every step (returns and positions at w_0 .. w_N, a batch at w_N too),
-  # and ``mj.adapt`` hands back only w_N and the support losses.
   def one_task(goal, k):
-    def body(w, kk):
-      batch = meta.sampler(w, goal, kk)
-      w = optax.tree.add_scale(w, -cfg.inner_lr, grad_fn(w, batch))
-      return w, (batch['rewards'], batch['obs'])
-
-    w_n, (rewards, obs) = jax.lax.scan(body, params,
-                                       jax.random.split(k, num_steps + 1))
-    return jnp.mean(jnp.sum(rewards, -1), axis=-1), obs
+    episodes = mj.adaptation_curve(
+        meta.loss_fn, params, mj.Sampled(goal), inner_lr=cfg.inner_lr,
+        num_steps=num_steps + 1, sampler=meta.sampler, key=k,
+        keep_batches=True).support_batches
+    return jnp.mean(jnp.sum(episodes['rewards'], -1), axis=-1), episodes['obs']
 
   returns, obs = jax.vmap(one_task)(goals, jax.random.split(k_run, num_tasks))
   return jnp.mean(returns, axis=0), goals, obs

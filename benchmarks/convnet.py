@@ -35,6 +35,7 @@ All PyTorch versions and maml_jax run the same meta-optimizer (Adam).
 
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,6 +148,97 @@ def prepare_jax_fused(algorithm, hp, *, task_batching, conv_impl, num_iterations
                               devices=devices)
 
 
+class UserConvNet(nn.Module):
+  """Finn et al.'s conv net as a user writes it in Flax, with the library's conv op.
+
+  ``nn.Conv`` (bias and all Flax defaults) given
+  ``conv_general_dilated=mj.nn.conv_general_dilated``, Flax's
+  ``nn.BatchNorm`` on batch statistics and ``nn.max_pool``: the one keyword
+  is the only maml_jax-specific line. ``conv=jax.lax.conv_general_dilated``
+  is the same model without it.
+  """
+  ways: int
+  filters: int
+  blocks: int
+  conv: object = mj.nn.conv_general_dilated
+
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(self.blocks):
+      x = nn.Conv(self.filters, (3, 3), conv_general_dilated=self.conv)(x)
+      x = nn.BatchNorm(use_running_average=False)(x)
+      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    return nn.Dense(self.ways)(x.reshape(x.shape[0], -1))
+
+
+def user_model_setup(hp, *, conv=mj.nn.conv_general_dilated, key=None):
+  """(loss_fn, params, tasks) of ``UserConvNet``: cross-entropy, batch statistics."""
+  key = jax.random.PRNGKey(0) if key is None else key
+  k_p, k_t = jax.random.split(key)
+  model = UserConvNet(hp['ways'], hp['filters'], hp['blocks'], conv)
+  variables = model.init(k_p, jnp.zeros((1, 28, 28, 1)))
+  batch_stats = variables['batch_stats']  # running averages: unused, dropped
+
+  def loss_fn(params, batch):
+    logits, _ = model.apply({'params': params, 'batch_stats': batch_stats},
+                            batch['x'], mutable=['batch_stats'])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['y']))
+
+  tasks = sample_tasks(k_t, hp['num_tasks'], ways=hp['ways'], shots=hp['shots'],
+                       query=hp['query'])
+  return loss_fn, variables['params'], tasks
+
+
+def user_estimator(algorithm, loss_fn, hp):
+  """The estimator a user builds: the row's hyperparameters, every default else."""
+  return mj.make_estimator(algorithm, loss_fn, **mj.estimator_kwargs(
+      algorithm, inner_lr=hp['inner_lr'], num_inner_steps=hp['num_inner_steps'],
+      num_directions=hp['num_directions'], delta=hp['delta']))
+
+
+def prepare_user_model_step(algorithm, hp, *, compiler_options=None):
+  """``UserConvNet`` with the library op and every default, one device.
+
+  ``mj.make_train_step(est, optax.adam(lr))`` as is: ``task_batching='auto'``
+  (it picks 'map' for this conv net on CPU), the query loss at w_0 computed
+  (the default), no mesh. Also records how far its meta-gradient is from
+  the same model built on ``jax.lax.conv_general_dilated`` (relative L2
+  error over all parameters, float32).
+  """
+  loss_fn, params, tasks = user_model_setup(hp)
+  opt = optax.adam(hp['meta_lr'])
+  est = user_estimator(algorithm, loss_fn, hp)
+  step = mj.make_train_step(est, opt)
+  batching = mj.choose_task_batching(est, params, tasks, jax.random.PRNGKey(0))
+  case = cases_lib.step_case(step, mj.init_train_state(params, opt), tasks,
+                             compiler_options, task_batching=batching,
+                             conv_impl='mj.nn.conv_general_dilated')
+  case['info']['meta_gradient_rel_error_vs_lax'] = user_model_gradient_error(
+      algorithm, hp)
+  return case
+
+
+def user_model_gradient_error(algorithm, hp):
+  """||G_op - G_lax|| / ||G_lax|| of one meta-gradient of ``UserConvNet``.
+
+  Deterministic estimators only (MAML, FO-MAML): both sides get the same key,
+  but GGS's directions would make the comparison a statement about noise
+  only if the ops differed. None for the others.
+  """
+  if algorithm not in ('maml', 'fo_maml'):
+    return None
+  key = jax.random.PRNGKey(3)
+  grads = []
+  for conv in (mj.nn.conv_general_dilated, jax.lax.conv_general_dilated):
+    loss_fn, params, tasks = user_model_setup(hp, conv=conv)
+    est = user_estimator(algorithm, loss_fn, hp)
+    grads.append(jax.jit(lambda p, t, k, est=est: mj.meta_gradient(
+        est, p, t, k, task_batching='vmap')[0])(params, tasks, key))
+  diff = optax.tree.norm(optax.tree.sub(grads[0], grads[1]))
+  return float(diff / optax.tree.norm(grads[1]))
+
+
 def prepare_torch(algorithm, hp, *, impl, threads):
   """A PyTorch meta-iteration (``tr.MetaTrainer``, Adam) on the same fixed task batch."""
   _, params, tasks = setup(hp)
@@ -207,6 +299,9 @@ def run_section(cfg):
           algorithm, hp, task_batching='vmap', conv_impl='xla',
           compiler_options=cfg['compiler_options'])
       repeats['jax_step_vmap_xla'] = spec['repeats']
+    cases['jax_user_model'] = prepare_user_model_step(
+        algorithm, hp, compiler_options=cfg['compiler_options'])
+    repeats['jax_user_model'] = spec['repeats']
     cases['jax_fused'] = prepare_jax_fused(
         algorithm, hp, task_batching=spec['task_batching'],
         conv_impl=spec['conv_impl'], num_iterations=spec['fused_iterations'],
@@ -219,7 +314,8 @@ def run_section(cfg):
     row = {'algorithm': algorithm}
     for impl in torch_impls:
       row[f'torch_{impl}'] = _best_over_threads(res, f'torch_{impl}', threads)
-    for name in ('jax_step', 'jax_step_devices', 'jax_step_vmap_xla', 'jax_fused'):
+    for name in ('jax_step', 'jax_step_devices', 'jax_step_vmap_xla',
+                 'jax_user_model', 'jax_fused'):
       if name in res:
         row[name] = res[name]
     row['jax_fused']['params_finite'] = cases['jax_fused']['finite']()
@@ -228,10 +324,16 @@ def run_section(cfg):
     row['best_torch'] = {'ms': best['ms'], 'impl': 'loop' if best is loop else 'func'}
     stats = {name: timing.ratio_stats(best, row[name])
              for name in ('jax_step', 'jax_step_devices', 'jax_step_vmap_xla',
-                          'jax_fused', 'torch_torchopt')
+                          'jax_user_model', 'jax_fused', 'torch_torchopt')
              if name in row}
     row['speedup_stats'] = stats
     row['speedup'] = {k: v['round_median'] for k, v in stats.items()}
+    # The user's model against the PyTorch loop itself (issue 20's target).
+    row['user_model_vs_torch_loop'] = timing.ratio_stats(loop,
+                                                         row['jax_user_model'])
+    logging.info('convnet %s: user model, library op, defaults: %.0f ms (x%.2f '
+                 'vs torch loop)', algorithm, row['jax_user_model']['ms'],
+                 row['user_model_vs_torch_loop']['round_median'])
     logging.info('convnet %s: torch loop %.0f ms, func %.0f ms, jax step %.0f ms '
                  '(x%.2f vs best torch), on %d devices %s, fused %.0f ms (x%.2f)',
                  algorithm, loop['ms'], func['ms'], row['jax_step']['ms'],

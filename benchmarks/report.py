@@ -190,7 +190,9 @@ CONVNET_COLUMNS = (  # (key in a row, column title)
     ('torch_loop', 'torch loop'), ('torch_func', 'torch.func'),
     ('torch_torchopt', 'TorchOpt'), ('jax_step', 'jax step'),
     ('jax_step_devices', 'jax step, tasks over devices'),
-    ('jax_step_vmap_xla', 'jax step, vmap + xla conv'), ('jax_fused', 'jax fused'))
+    ('jax_step_vmap_xla', 'jax step, vmap + xla conv'),
+    ('jax_user_model', "user's Flax model, library op, defaults"),
+    ('jax_fused', 'jax fused'))
 
 
 def convnet_markdown(conv):
@@ -237,6 +239,26 @@ def convnet_markdown(conv):
                    f'({st["round_min"]:.2f}-{st["round_max"]:.2f})')
     cells.append(f'{r["jax_step"]["compile_s"]:.0f} / {r["jax_fused"]["compile_s"]:.0f}')
     lines.append(f'| {r["algorithm"]} | ' + ' | '.join(cells) + ' |')
+  users = [r for r in conv['rows'] if 'user_model_vs_torch_loop' in r]
+  if users:
+    lines += ['', "The user's model (`benchmarks.convnet.UserConvNet`: Flax "
+              '`nn.Conv(conv_general_dilated=mj.nn.conv_general_dilated)`, '
+              '`nn.BatchNorm`, `nn.max_pool`; `mj.make_train_step` with every '
+              'default, one device) against the PyTorch loop itself, and its '
+              'meta-gradient against the same model on '
+              '`lax.conv_general_dilated` (relative L2 error, float32):', '',
+              '| algorithm | user model ms | torch loop ms | x vs torch loop '
+              '| task_batching chosen | meta-gradient rel. error |',
+              '|---|---|---|---|---|---|']
+    for r in users:
+      st, info = r['user_model_vs_torch_loop'], r['jax_user_model']
+      err = info.get('meta_gradient_rel_error_vs_lax')
+      lines.append(
+          f'| {r["algorithm"]} | {_fmt(info["ms"], 0)} | '
+          f'{_fmt(r["torch_loop"]["ms"], 0)} | {st["round_median"]:.2f}x '
+          f'({st["round_min"]:.2f}-{st["round_max"]:.2f}) | '
+          f'{info.get("task_batching", "-")} | '
+          + ('-' if err is None else f'{err:.1e}') + ' |')
   lines += ['', 'PyTorch threads of the figures above (loop / torch.func'
             + (' / TorchOpt' if conv['torchopt'] else '') + '): ' + '; '.join(
                 f'{r["algorithm"]} ' + ' / '.join(

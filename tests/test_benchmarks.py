@@ -362,7 +362,8 @@ def test_convnet_section_smoke(tmp_path):
   # the tests' XLA_FLAGS force 4): the step is also timed on 2 devices.
   assert conv['devices'] == 2
   for r in conv['rows']:
-    want = {'torch_loop', 'torch_func', 'jax_step', 'jax_step_devices', 'jax_fused'}
+    want = {'torch_loop', 'torch_func', 'jax_step', 'jax_step_devices',
+            'jax_user_model', 'jax_fused'}
     assert r['jax_fused']['devices'] == 2
     if r['algorithm'] in spec['naive_algorithms']:
       want.add('jax_step_vmap_xla')
@@ -370,6 +371,15 @@ def test_convnet_section_smoke(tmp_path):
       want.add('torch_torchopt')
     assert want <= set(r), r.keys()
     assert r['jax_fused']['params_finite']
+    # The user's Flax model with the library op: 'auto' picked 'map', and its
+    # meta-gradient is lax's (float32) where it is deterministic.
+    assert r['jax_user_model']['task_batching'] == 'map'
+    err = r['jax_user_model']['meta_gradient_rel_error_vs_lax']
+    assert (err is None) == (r['algorithm'] == 'ggs_maml')
+    assert err is None or err < 5e-3
+    assert r['user_model_vs_torch_loop']['round_median'] == pytest.approx(
+        statistics.median(a / b for a, b in zip(
+            r['torch_loop']['round_ms'], r['jax_user_model']['round_ms'])))
     best = min(r['torch_loop']['ms'], r['torch_func']['ms'])
     assert r['best_torch']['ms'] == best
     for name, st in r['speedup_stats'].items():
@@ -381,5 +391,6 @@ def test_convnet_section_smoke(tmp_path):
   from benchmarks import report  # pylint: disable=g-import-not-at-top
   md = report.markdown(res)
   assert '## Few-shot conv net' in md
+  assert "user's Flax model, library op, defaults" in md
   for r in conv['rows']:
     assert f'| {r["algorithm"]} |' in md

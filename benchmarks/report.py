@@ -243,7 +243,7 @@ def convnet_markdown(conv):
   if users:
     lines += ['', "The user's model (`benchmarks.convnet.UserConvNet`: Flax "
               '`nn.Conv(conv_general_dilated=mj.nn.conv_general_dilated)`, '
-              '`nn.BatchNorm`, `nn.max_pool`; `mj.make_train_step` with every '
+              '`nn.BatchNorm`, `mj.nn.max_pool`; `mj.make_train_step` with every '
               'default, one device) against the PyTorch loop itself, and its '
               'meta-gradient against the same model on '
               '`lax.conv_general_dilated` (relative L2 error, float32):', '',

@@ -8,7 +8,7 @@ results. Plain data and pure Python: neither PyTorch nor JAX is imported.
 
 MiB = 2.0 ** 20
 
-# Problem settings of the main table (SPEC section 4). meta_lr/optimizer only
+# Problem settings of the main table (docs/design.md, 'Experiments'). meta_lr/optimizer only
 # matter for the update's cost; the same optimizer runs on both sides.
 FULL = {
     'sine': dict(num_tasks=25, num_support=10, num_inner_steps=3,
@@ -51,7 +51,7 @@ MEMORY_QUICK = dict(width=32, num_directions=2, steps=[4, 16], rss_steps=[16],
 LEARNED_LR_FULL = dict(problem='sine', algorithms=['maml', 'ggs_maml'],
                        kind='per_parameter', modes=['step', 'fused'])
 LEARNED_LR_QUICK = dict(LEARNED_LR_FULL, modes=['step'])
-# Few-shot conv net (SPEC section 7, Omniglot 5-way 1-shot shapes; issue 14):
+# Few-shot conv net (docs/design.md, 'Experiments'; Omniglot 5-way 1-shot shapes; issue 14):
 # ``benchmarks.convnet``. b = 10 directions for GGS-MAML (as in the sine
 # table): 10 extra support gradients (5 images each) per task, less than the
 # query batch's cost.

@@ -2,7 +2,7 @@
 
 Finn et al.'s 4-block conv net (``experiments.models.ConvNet``: 3x3 conv,
 batch-statistics BatchNorm, ReLU, 2x2 max-pool; linear head) on 28x28 grey
-images, N-way K-shot tasks with Q query images per class (SPEC.md section 7).
+images, N-way K-shot tasks with Q query images per class (docs/design.md, 'Experiments').
 The images are Gaussian noise: the time of a meta-iteration depends on the
 shapes only, and the benchmark needs no data set.
 

@@ -1,1 +1,1 @@
-"""The paper's experiments (SPEC.md section 4), built on maml_jax. Not part of the library."""
+"""The paper's experiments (docs/design.md, 'Experiments'), built on maml_jax. Not part of the library."""

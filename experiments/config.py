@@ -10,7 +10,7 @@ launcher's ``DEFAULTS``, which ``set_defaults`` shows in ``--help``.
 anything is compiled, so a bad flag fails in a second with a one-line
 ``app.UsageError`` (``cli_main``).
 
-Many processes (SPEC section 8): ``define_output_flags`` also defines
+Many processes (docs/design.md, 'Sharding'): ``define_output_flags`` also defines
 --coordinator_address, --num_processes, --process_id (or none of them:
 ``jax.distributed.initialize()`` reads them from SLURM's srun or Open MPI's
 mpirun), --distributed_timeout and --shard_tasks, and ``cli_main`` calls
@@ -79,7 +79,7 @@ def define_output_flags():
 
 
 def define_distributed_flags():
-  """Flags of a run over many processes (idempotent; SPEC section 8)."""
+  """Flags of a run over many processes (idempotent; docs/design.md, 'Sharding')."""
   d = _define_once
   d(flags.DEFINE_string, 'coordinator_address', None,
     'host:port of process 0, which runs the jax.distributed coordinator. '
@@ -183,8 +183,8 @@ def define_inner_lr_flags():
   """
   d = _define_once
   d(flags.DEFINE_enum, 'learn_inner_lr', 'none', list(LEARN_INNER_LR),
-    'Meta-learn the inner step sizes alpha together with w_0 (SPEC section '
-    '6), with the same meta optimizer: none (fixed --inner_lr), scalar (one '
+    'Meta-learn the inner step sizes alpha together with w_0 (docs/design.md, '
+    '"Step sizes"), with the same meta optimizer: none (fixed --inner_lr), scalar (one '
     'alpha), per_layer (one per parameter array) or per_parameter '
     '(Meta-SGD). They start at --inner_lr (--zo_inner_lr for zo_maml), are '
     'checkpointed, and the held-out evaluation adapts with them.')

@@ -2,7 +2,7 @@ r"""Rank-one matrix factorization (paper section 5.1, Figure 1).
 
 Task i: z_i ~ N(0, sigma_i^2 I_d), sigma_i ~ U(0, 0.1); loss
 l_i(w) = (1/4) ||w w^T - z_i z_i^T||_F^2 with w in R^d (the matrix loss, not
-the authors' (1/4)(|w|^2 - |z|^2)^2, SPEC section 5). Every meta-iteration
+the authors' (1/4)(|w|^2 - |z|^2)^2; docs/design.md, 'The published PyTorch code'). Every meta-iteration
 draws fresh tasks, each with an independent support and query draw; the
 meta-test loss is the query loss after N inner steps on a fixed set of
 held-out tasks, i.e. the meta objective L(w) of eq. (2).

@@ -1,4 +1,4 @@
-"""Many processes (issue 13, SPEC section 8): jax.distributed on 127.0.0.1.
+"""Many processes (issue 13; docs/design.md, 'Sharding'): jax.distributed on 127.0.0.1.
 
 Two processes with 2 forced CPU devices each run 3 meta-iterations of sine
 MAML and GGS-MAML through a launcher command line (tests/distributed_worker.py:

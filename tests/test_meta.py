@@ -111,7 +111,7 @@ def _tanh_tasks(num_tasks, seed=0):
 
 @pytest.mark.parametrize('name', ['maml', 'ggs_maml'])
 def test_shard_map_with_axis_name_equals_unsharded(name):
-  """Inside shard_map the mean, keys and non-finite count are global (SPEC 8)."""
+  """Inside shard_map the mean, keys and non-finite count are global (docs/design.md, 'Sharding')."""
   from jax.sharding import PartitionSpec as P
   params, tasks = _tanh_tasks(8)
   # One task with a NaN target: left out on its device, counted globally.

@@ -1,4 +1,4 @@
-"""Learned inner step sizes (SPEC section 6) against autodiff, closed forms and
+"""Learned inner step sizes (docs/design.md, 'Step sizes') against autodiff, closed forms and
 Monte Carlo, for every form of inner_lr and every estimator path."""
 
 import jax

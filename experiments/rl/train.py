@@ -41,7 +41,7 @@ from experiments.rl import plots
 from experiments.rl import registry
 
 NAME = 'rl'
-# MAML-RL's 2D-navigation settings (SPEC section 4).
+# MAML-RL's 2D-navigation settings (docs/design.md, 'Experiments').
 DEFAULTS = dict(
     algorithms=('maml', 'fo_maml', 'zo_maml', 'ggs_maml'),
     num_inner_steps=1,

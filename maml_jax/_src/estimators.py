@@ -5,7 +5,7 @@ oracle plugged into the backward recursion:
 
   forward   w_{j+1} = w_j - alpha_j ⊙ grad l(w_j; S_j)                eq. (1)
   backward  v = grad l(w_N; T);  for j = N-1..0: v <- v - H_j (alpha_j ⊙ v)
-                                                           eq. (8), SPEC 6
+                                     eq. (8); docs/design.md, 'Step sizes'
 
 so that v = prod_j (I - alpha H_j) grad l(w_N; T), with H_j v from
 ``exact_hvp`` (MAML), nothing (FO-MAML), ``zo_hvp`` (eq. 17, ZO-MAML),

@@ -65,7 +65,7 @@ def _task_keys(key, n, axis_name):
 
 
 def _make_varying(tree, axis_name):
-  """Marks replicated values device-varying inside shard_map (SPEC section 8).
+  """Marks replicated values device-varying inside shard_map (docs/design.md, 'Sharding').
 
   Without it, the gradient w.r.t. a replicated value is psum-ed over the axis by
   its transpose, so each per-task meta-gradient would already be a sum over

@@ -1,6 +1,6 @@
 """The task batch over many devices and processes: one global "tasks" mesh.
 
-Data parallelism over tasks (SPEC section 8). ``task_mesh`` is a 1-D mesh
+Data parallelism over tasks (docs/design.md, 'Sharding'). ``task_mesh`` is a 1-D mesh
 over ``jax.devices()``, which after ``jax.distributed.initialize`` lists the
 devices of every process, so the same code runs on one device, on the
 devices of one process, or on many processes and hosts (multi-controller:

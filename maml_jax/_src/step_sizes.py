@@ -1,6 +1,6 @@
 """Inner step sizes alpha_j: fixed or learned, scalar, per layer, per parameter, per step.
 
-SPEC section 6 (Meta-SGD, MAML++). The inner step is
+docs/design.md, 'Step sizes' (Meta-SGD, MAML++). The inner step is
 
     w_{j+1} = w_j - alpha_j ⊙ g_j,        g_j = grad l(w_j; S_j)
 

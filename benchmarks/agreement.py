@@ -27,8 +27,8 @@ def problem_setup(problem: str, num_tasks: int, key, dtype=jnp.float32,
   """(loss_fn, params, tasks) of the sine (MLP 1-40-40-1) or matrix-factorization problem."""
   key_p, key_t = jax.random.split(key)
   if problem == 'sine':
-    return (models.sine_loss, models.init_sine_params(key_p, dtype=dtype),
-            task_lib.sine_tasks(key_t, num_tasks, num_support=num_support,
+    return (mj.models.sine_loss, mj.models.init_sine_params(key_p, dtype=dtype),
+            mj.tasks.sine_tasks(key_t, num_tasks, num_support=num_support,
                                 num_query=num_support, dtype=dtype))
   if problem == 'mf':
     return (models.mf_loss, models.init_mf_params(key_p, dtype=dtype),

@@ -38,7 +38,7 @@ def _optimizer(hp):
 
 def _sampler(problem, hp, dtype=jnp.float32):
   if problem == 'sine':
-    return lambda k: task_lib.sine_tasks(k, hp['num_tasks'],
+    return lambda k: mj.tasks.sine_tasks(k, hp['num_tasks'],
                                          num_support=hp['num_support'],
                                          num_query=hp['num_support'], dtype=dtype)
   return lambda k: task_lib.matrix_factorization_tasks(

@@ -49,14 +49,14 @@ def setup(algorithm, num_inner_steps, remat, *, filters, ways, shots,
   """(estimator, (params, task, key)) of one few-shot task."""
   model = models.ConvNet(ways, filters=filters, conv_impl=conv_impl)
   k_p, k_s, k_q, key = jax.random.split(jax.random.PRNGKey(0), 4)
-  params = models.init_convnet_params(k_p, model)
+  params = mj.models.init_convnet_params(k_p, model)
 
   def batch(k, per_class):
     return {'x': jax.random.uniform(k, (ways * per_class, 28, 28, 1)),
             'y': jnp.repeat(jnp.arange(ways), per_class)}
 
   task = mj.Task(support=batch(k_s, shots), query=batch(k_q, query_shots))
-  est = mj.make_estimator(algorithm, models.make_convnet_loss(model),
+  est = mj.make_estimator(algorithm, mj.models.make_convnet_loss(model),
                           **mj.estimator_kwargs(
                               algorithm, inner_lr=0.4,
                               num_inner_steps=num_inner_steps, remat=remat,
@@ -111,7 +111,7 @@ def main(argv):
                 num_directions=FLAGS.num_directions, conv_impl=FLAGS.conv_impl)
   model = models.ConvNet(FLAGS.ways, filters=FLAGS.filters)
   num_params = sum(x.size for x in jax.tree.leaves(
-      models.init_convnet_params(jax.random.PRNGKey(0), model)))
+      mj.models.init_convnet_params(jax.random.PRNGKey(0), model)))
   result = {
       'command': 'python -m benchmarks.fewshot_memory ' + ' '.join(
           f'--{k}={",".join(map(str, v)) if isinstance(v, list) else v}'

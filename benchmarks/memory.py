@@ -21,8 +21,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+import maml_jax as mj
 from benchmarks import agreement
-from experiments import tasks as task_lib
 
 
 def mlp_params(key, width: int, dtype=jnp.float32):
@@ -55,7 +55,7 @@ def setup(algorithm: str, num_inner_steps: int, remat: bool, *, width: int,
   """(est, (params, task, key)) for one task of the wide-MLP problem."""
   key_p, key_t, key = jax.random.split(jax.random.PRNGKey(0), 3)
   params = mlp_params(key_p, width)
-  tasks = task_lib.sine_tasks(key_t, 1, num_support=num_support,
+  tasks = mj.tasks.sine_tasks(key_t, 1, num_support=num_support,
                               num_query=num_support)
   task = jax.tree.map(lambda x: x[0], tasks)
   est = agreement.jax_estimator(algorithm, mlp_loss, inner_lr=1e-3,

@@ -99,7 +99,7 @@ FLAG_SETS = {
 def one_task(dtype=jnp.float32):
   """(params, task) of the benchmark's configuration, one task, no task axis."""
   k_p, k_s, k_q = jax.random.split(jax.random.PRNGKey(0), 3)
-  params = models.init_convnet_params(
+  params = mj.models.init_convnet_params(
       k_p, models.ConvNet(WAYS, FILTERS, BLOCKS, conv_impl='xla'), dtype=dtype)
 
   def batch(k, per_class):
@@ -111,8 +111,8 @@ def one_task(dtype=jnp.float32):
 
 def jax_program(program, conv_impl):
   """``f(params, task, key)`` of ``program`` with the conv net built on ``conv_impl``."""
-  loss_fn = models.make_convnet_loss(models.ConvNet(WAYS, FILTERS, BLOCKS,
-                                                    conv_impl=conv_impl))
+  loss_fn = mj.models.make_convnet_loss(
+      models.ConvNet(WAYS, FILTERS, BLOCKS, conv_impl=conv_impl))
   if program == 'fwd_bwd':
     return lambda p, t, k: jax.value_and_grad(loss_fn)(p, t.query)
   est = {'fo_maml': mj.fo_maml, 'maml': mj.maml}[program](

@@ -26,7 +26,6 @@ import torch
 import maml_jax as mj
 from benchmarks import agreement
 from benchmarks import timing
-from experiments import tasks as task_lib
 
 _REPEATS = flags.DEFINE_integer('repeats', 15, 'Timed repeats per case.')
 
@@ -91,7 +90,7 @@ def main(argv):
 
   iters = FUSED_ITERATIONS
   opt = optax.adam(1e-3)
-  sample_tasks = lambda k: task_lib.sine_tasks(k, T)
+  sample_tasks = lambda k: mj.tasks.sine_tasks(k, T)
   for algo in ('ggs_maml', 'maml'):
     est = agreement.jax_estimator(algo, loss_fn, inner_lr=ALPHA,
                                   num_inner_steps=N, num_directions=B, delta=DELTA)

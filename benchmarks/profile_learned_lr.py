@@ -28,13 +28,10 @@ import statistics
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import optax
 
 import maml_jax as mj
 from benchmarks import timing
-from experiments import models
-from experiments import tasks as task_lib
 
 _ROUNDS = flags.DEFINE_integer('rounds', 9, 'Alternating rounds.', lower_bound=1)
 _CALLS = flags.DEFINE_integer('calls', 10, 'Timed calls per case and round.',
@@ -64,11 +61,11 @@ def executed_ops(compiled):
 
 def main(argv):
   del argv
-  model = models.SineMLP(hidden=(_WIDTH.value, _WIDTH.value))
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))
-  loss_fn = lambda p, b: jnp.mean((model.apply(p, b['x']) - b['y']) ** 2)
+  model = mj.models.SineMLP(hidden=(_WIDTH.value, _WIDTH.value))
+  params = mj.models.init_sine_params(jax.random.PRNGKey(0), model)
+  loss_fn = mj.models.make_mse_loss(model)
   grad_fn = jax.grad(loss_fn)
-  tasks = task_lib.sine_tasks(jax.random.PRNGKey(2), T)
+  tasks = mj.tasks.sine_tasks(jax.random.PRNGKey(2), T)
   key = jax.random.PRNGKey(1)
   learned = mj.LearnedInnerLR(
       params, mj.init_inner_lr(params, ALPHA, 'per_parameter'))

@@ -19,7 +19,7 @@ compiled alone, no fusion across them), which is JAX's own math:
 * ``pool=jnp.max``: the max-pool as ``jnp.max`` over a reshaped 2x2 window
   (the conv net's pool before the fix). Wrong under ``jit``.
 * ``pool=where``: the same max as three ``where(a >= b, a, b)`` (the pool of
-  ``experiments.models.max_pool_2x2`` now). Right.
+  the conv net now, ``maml_jax.nn.max_pool``). Right.
 * without BatchNorm, without ReLU (tanh), or with one block: right.
 
 Reading: the JVP of a max reduction (``_reduce_chooser_jvp_rule`` in

@@ -103,8 +103,6 @@ def worker(spec):
         initialization_timeout=120)
   import optax  # pylint: disable=g-import-not-at-top
   import maml_jax as mj  # pylint: disable=g-import-not-at-top
-  from experiments import models  # pylint: disable=g-import-not-at-top
-  from experiments import tasks as task_lib  # pylint: disable=g-import-not-at-top
 
   devices = jax.devices()
   if spec['platform'] == 'accelerator':
@@ -114,20 +112,20 @@ def worker(spec):
                        f'{len(jax.devices())}')
   mesh = mj.task_mesh(devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  sample = lambda key: task_lib.sine_tasks(key, spec['tasks_per_batch'])
+  sample = lambda key: mj.tasks.sine_tasks(key, spec['tasks_per_batch'])
   optimizer = optax.adam(1e-3)
   key = jax.random.PRNGKey(0)
   out = {}
   for algorithm in spec['algorithms']:
     hp = dict(inner_lr=0.01, num_inner_steps=spec['num_inner_steps'],
               num_directions=spec['num_directions'], delta=1e-2)
-    est = mj.make_estimator(algorithm, models.sine_loss,
+    est = mj.make_estimator(algorithm, mj.models.sine_loss,
                             **mj.estimator_kwargs(algorithm, **hp))
     run = jax.jit(mj.make_fused_train(est, optimizer, sample,
                                       spec['iterations'], jit=False,
                                       mesh=mesh), out_shardings=replicated)
     state, k = mj.replicate(
-        (mj.init_train_state(models.init_sine_params(key), optimizer), key),
+        (mj.init_train_state(mj.models.init_sine_params(key), optimizer), key),
         mesh)
     t0 = time.perf_counter()
     compiled = run.lower(state, k).compile()

@@ -28,13 +28,13 @@ check of the JAX formula), every method takes N steps of size alpha.
 
 Inputs are numpy: parameters as the maml_jax pytrees (the Flax dict of the
 sine MLP, the vector w of matrix factorization), task data as the dicts of
-``experiments.tasks`` with a leading task axis, and optionally the Gaussian
+``maml_jax.tasks`` and ``experiments.tasks`` with a leading task axis, and optionally the Gaussian
 directions as a pytree like the parameters whose leaves carry leading axes
 [num_tasks, num_inner_steps, b]. Feeding both sides the same arrays makes the
 meta-gradients comparable to float precision.
 
-The conv net of few-shot image classification (``'convnet'``, SPEC.md
-section 7; ``experiments.models.ConvNet``) is here too, with a third
+The conv net of few-shot image classification (``'convnet'``, Finn et al.'s;
+``maml_jax.models.ConvNet``) is here too, with a third
 implementation for MAML and FO-MAML: ``impl='torchopt'``, the inner step as a
 differentiable TorchOpt update (``torchopt.sgd``, ``inplace=False``), loop
 over tasks. TorchOpt is optional; only that implementation needs it.
@@ -93,7 +93,7 @@ def mf_loss(params: Tensors, batch: dict) -> torch.Tensor:
 
 
 def convnet_forward(params: Tensors, x: torch.Tensor) -> torch.Tensor:
-  """Finn et al.'s conv net, ``experiments.models.ConvNet``'s math.
+  """Finn et al.'s conv net, ``maml_jax.models.ConvNet``'s math.
 
   Args:
     params: (kernel_0, scale_0, offset_0, ..., head_kernel, head_bias); conv

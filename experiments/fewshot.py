@@ -1,12 +1,13 @@
 r"""N-way K-shot image classification with the conv net of Finn et al. (2017).
 
-The benchmark every MAML user runs first (SPEC section 7), at conv-net scale:
-``experiments.models.ConvNet`` (4 blocks of 3x3 conv, batch-statistics
+The benchmark every MAML user runs first, at conv-net scale:
+``maml_jax.models.ConvNet`` (4 blocks of 3x3 conv, batch-statistics
 BatchNorm, ReLU, 2x2 max-pool; linear N-way head), cross-entropy loss, query
 accuracy from the loss's auxiliary output (``has_aux``).
 
 Data (``experiments.fewshot_data``), held on the device as one uint8 array per
-split; tasks are drawn by indexing inside the compiled training loop:
+split; tasks are drawn by indexing inside the compiled training loop
+(``maml_jax.tasks.fewshot_tasks``):
   --dataset=glyphs (default, offline): characters rendered from the fonts that
     matplotlib ships, an Omniglot-like data set generated once per seed and
     cached as .npz under --cache_dir (default <workdir>/data).
@@ -120,8 +121,9 @@ flags.DEFINE_integer('filters', 32, 'Filters of every conv block (Finn et al.: 6
 flags.DEFINE_integer('blocks', 4, 'Conv blocks (Finn et al.: 4, which pool 28x28 '
                      'to 1x1; fewer make a smaller, faster-compiling net).')
 flags.DEFINE_enum('conv_impl', 'auto', ['auto'] + list(models.CONV_IMPLS),
-                  "How convolutions are computed: auto (matmul on CPU, xla "
-                  "elsewhere), xla, matmul (im2col). Same math.")
+                  'How convolutions are computed: auto (xla_vjp on CPU, xla '
+                  'elsewhere), xla, matmul (im2col), xla_vjp '
+                  '(mj.nn.conv_general_dilated). Same math.')
 flags.DEFINE_string('task_batching', 'map',
                     'How the tasks of a meta-gradient are batched: vmap, map, '
                     'unroll or a chunk size (mj.meta_gradient).')
@@ -190,11 +192,11 @@ def make_problem(cfg, splits, *, ways, shots, query_shots, train_query_shots,
     (problem, loss_fn with aux, sampler of test-split tasks
     ``sample(key, n) -> mj.Task`` with ``query_shots`` query images).
   """
-  loss_fn = models.make_convnet_loss(model, has_aux=True)
+  loss_fn = mj.models.make_convnet_loss(model, has_aux=True)
   train_images = jnp.asarray(splits.train.images)
   val_images = jnp.asarray(splits.val.images)
   test_images = jnp.asarray(splits.test.images)
-  sample = functools.partial(fewshot_data.sample_tasks, ways=ways, shots=shots)
+  sample = functools.partial(mj.tasks.fewshot_tasks, ways=ways, shots=shots)
   sample_test = lambda key, n: sample(key, test_images, n,
                                       query_shots=query_shots)
   k_test, k_val = jax.random.split(jax.random.PRNGKey(eval_seed))
@@ -215,7 +217,7 @@ def make_problem(cfg, splits, *, ways, shots, query_shots, train_query_shots,
     return jnp.mean(curve(params, val_tasks, inner_lr=inner_lr)[0][:, -1])
 
   def init_params(key):
-    return models.init_convnet_params(key, model)
+    return mj.models.init_convnet_params(key, model)
 
   problem = training.Problem(
       loss_fn=loss_fn, init_params=init_params,
@@ -345,11 +347,11 @@ def run(argv, chunk_hook=None):
 
   run_dir = rundir.RunDir.create(cfg.workdir, cfg.run_name, resume=cfg.resume,
                                  default_name=NAME)
-  model = models.ConvNet(
-      ways, filters=FLAGS.filters, blocks=FLAGS.blocks,
-      conv_impl=None if FLAGS.conv_impl == 'auto' else FLAGS.conv_impl)
-  run_dir.write_config(rundir.config_dict(cfg, extra=dict(
-      conv_impl=model.conv_impl or models.default_conv_impl())),
+  conv_impl = (models.default_conv_impl() if FLAGS.conv_impl == 'auto'
+               else FLAGS.conv_impl)
+  model = mj.models.ConvNet(ways, filters=FLAGS.filters, blocks=FLAGS.blocks,
+                            conv=models.conv_op(conv_impl))
+  run_dir.write_config(rundir.config_dict(cfg, extra=dict(conv_impl=conv_impl)),
                        resume=cfg.resume)
   logging.info('run folder: %s', run_dir.path)
 
@@ -440,7 +442,7 @@ def run(argv, chunk_hook=None):
       run_dir, f'Few-shot classification: {FLAGS.dataset}, {setting}', [
           f'Conv net of Finn et al. with {FLAGS.blocks} blocks of '
           f'{FLAGS.filters} filters '
-          f'({model.conv_impl or models.default_conv_impl()} convolutions), '
+          f'({conv_impl} convolutions), '
           f'{cfg.num_iterations} meta-iterations of {cfg.tasks_per_batch} '
           f'tasks ({shots} support + {FLAGS.train_query_shots} query images '
           f'per class), N = {cfg.num_inner_steps}, alpha = {cfg.inner_lr:g}, '

@@ -2,9 +2,10 @@ r"""Few-shot image classification data: glyphs (offline) and Omniglot, on the de
 
 A data set is a ``Splits`` of three ``FewShotData``: every image of a split is
 one uint8 array [classes, instances, 28, 28], so tasks are drawn by indexing
-inside a compiled training loop (``sample_tasks``), with no Python loop per task.
+inside a compiled training loop (``maml_jax.tasks.fewshot_tasks``), with no
+Python loop per task.
 
-Ink convention (both data sets): 255 (1.0 after ``sample_tasks``) is ink,
+Ink convention (both data sets): 255 (1.0 after ``fewshot_tasks``) is ink,
 0 is background: white strokes on black. Omniglot's PNGs (black strokes on
 white) are inverted on reading, as in Finn et al.'s (2017) loader.
 
@@ -31,16 +32,12 @@ from typing import NamedTuple
 import unicodedata
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import matplotlib
 from matplotlib import ft2font
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
-
-import maml_jax as mj
 
 IMAGE_SIZE = 28
 INSTANCES_PER_CLASS = 20
@@ -63,72 +60,6 @@ class Splits(NamedTuple):
   train: FewShotData
   val: FewShotData
   test: FewShotData
-
-
-# ----------------------------------------------------------------------------
-# Task sampling (pure JAX).
-
-
-def sample_tasks(key, images, num_tasks, *, ways, shots, query_shots, start_index=0):
-  """Draws N-way K-shot tasks from a split's images, inside jit.
-
-  Task i uses only ``jax.random.fold_in(key, start_index + i)``: it picks
-  ``ways`` distinct classes in random order (label j is the j-th class drawn,
-  so labels are assigned at random) and, per class, ``shots + query_shots``
-  distinct instances, the first ``shots`` for the support set.
-
-  Args:
-    key: PRNG key.
-    images: [C, M, H, W] uint8 (255 = ink) or float in [0, 1], on the device.
-    num_tasks: T, the number of tasks (static).
-    ways: N, classes per task (static).
-    shots: K, support images per class (static).
-    query_shots: query images per class (static).
-    start_index: global index of the first task (may be traced), so that a
-      task depends only on the key and its index, however the tasks are batched.
-
-  Returns:
-    ``mj.Task`` with support ``{'x': float32 [T, N*K, H, W, 1], 'y': int32
-    [T, N*K]}`` and query ``{'x': [T, N*Q, H, W, 1], 'y': [T, N*Q]}``; images
-    are grouped by label (label 0 first).
-
-  Raises:
-    ValueError: at trace time, if ways > C or shots + query_shots > M.
-  """
-  num_classes, num_instances = images.shape[:2]
-  per_class = shots + query_shots
-  if images.ndim != 4:
-    raise ValueError(f'images must be [classes, instances, H, W], got {images.shape}')
-  if not 1 <= ways <= num_classes:
-    raise ValueError(f'ways={ways} needs 1..{num_classes} classes (the split has {num_classes})')
-  if shots < 1 or query_shots < 0 or per_class > num_instances:
-    raise ValueError(f'shots + query_shots = {shots} + {query_shots} must be at most the '
-                     f'{num_instances} instances per class')
-
-  def one_task(index):
-    k_classes, k_instances = jax.random.split(jax.random.fold_in(key, index))
-    # The first entries of a random permutation (argsort of random bits: distinct
-    # indices, uniform up to ties of 32-bit draws) are a draw without replacement.
-    classes = jnp.argsort(jax.random.bits(k_classes, (num_classes,)))[:ways]
-    instances = jnp.argsort(jax.random.bits(k_instances, (ways, num_instances)), axis=-1)
-    instances = instances[:, :per_class]
-    x = images[classes[:, None], instances]  # [ways, per_class, H, W]
-    if jnp.issubdtype(x.dtype, jnp.integer):
-      x = x.astype(jnp.float32) / 255.0
-    x = x.astype(jnp.float32)[..., None]
-    labels = jnp.broadcast_to(jnp.arange(ways, dtype=jnp.int32)[:, None], (ways, per_class))
-    flat = lambda a: a.reshape((-1,) + a.shape[2:])
-    return ({'x': flat(x[:, :shots]), 'y': flat(labels[:, :shots])},
-            {'x': flat(x[:, shots:]), 'y': flat(labels[:, shots:])})
-
-  indices = start_index + jnp.arange(num_tasks)
-  support, query = jax.vmap(one_task)(indices)
-  return mj.Task(support=support, query=query)
-
-
-def fixed_tasks(key, images, num_tasks, *, ways, shots, query_shots):
-  """The held-out evaluation tasks: ``sample_tasks`` with a fixed key."""
-  return sample_tasks(key, images, num_tasks, ways=ways, shots=shots, query_shots=query_shots)
 
 
 # ----------------------------------------------------------------------------

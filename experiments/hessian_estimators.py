@@ -21,7 +21,7 @@ Two parts of the error are separated, with the same directions u_m:
                It shrinks like delta for GGS (bias O(rho delta sqrt(d))) and
                shows the float round-off at small delta.
 The ZO bias floor |tr H| / 2 * ||v|| / ||H v|| (E H_zo = H + tr(H)/2 I to
-leading order, SPEC section 2) is drawn as a horizontal line: ZO's error
+leading order: the constant bias of the paper's Proposition 5) is drawn as a horizontal line: ZO's error
 cannot go below it however large b or small delta, while GGS's error falls
 like 1/sqrt(b).
 
@@ -90,9 +90,9 @@ def make_point(problem, key, dtype):
     task = task_lib.matrix_factorization_tasks(k_b, 1, dtype=dtype)
     batch = jax.tree.map(lambda x: x[0], task.support)
   elif problem == 'sine_mlp':
-    loss_fn = models.sine_loss
-    params = models.init_sine_params(k_w, dtype)
-    task = task_lib.sine_tasks(k_b, 1, dtype=dtype)
+    loss_fn = mj.models.sine_loss
+    params = mj.models.init_sine_params(k_w, dtype=dtype)
+    task = mj.tasks.sine_tasks(k_b, 1, dtype=dtype)
     batch = jax.tree.map(lambda x: x[0], task.support)
   else:
     raise ValueError(problem)

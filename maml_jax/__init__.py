@@ -5,7 +5,9 @@ Improved Algorithms" (arXiv 2002.07836). The contract with a model is one
 function, ``loss_fn(params, batch) -> scalar``.
 """
 
+from maml_jax import models
 from maml_jax import nn
+from maml_jax import tasks
 from maml_jax._src.base import EstimatorAux
 from maml_jax._src.base import HvpOracle
 from maml_jax._src.base import MetaEstimator
@@ -90,6 +92,7 @@ __all__ = (
     'make_train_step',
     'maml',
     'meta_gradient',
+    'models',
     'nn',
     'no_hvp',
     'num_tasks',
@@ -99,6 +102,7 @@ __all__ = (
     'shard_tasks',
     'task_keys',
     'task_mesh',
+    'tasks',
     'zo_hvp',
     'zo_maml',
 )

@@ -11,10 +11,8 @@ import pytest
 
 import maml_jax as mj
 from experiments import matrix_factorization as mf
-from experiments import models
 from experiments import sine
 from experiments import summaries
-from experiments import tasks as task_lib
 from launcher_util import run_launcher
 
 TIME_KEYS = ('wall_time', 'chunk_seconds')
@@ -140,11 +138,11 @@ def test_sine_launcher_with_grid_and_learned_step_sizes(tmp_path):
 
 
 def test_k_step_curve_uses_the_last_learned_step_past_n():
-  params = models.init_sine_params(jax.random.PRNGKey(0))
+  params = mj.models.init_sine_params(jax.random.PRNGKey(0))
   alpha = mj.init_inner_lr(params, 0.01, 'per_layer', num_steps=2)
   alpha = jax.tree.map(lambda a: a * jnp.array([1.0, 3.0]), alpha)
   meta = mj.LearnedInnerLR(params, alpha)
-  tasks = task_lib.sine_tasks(jax.random.PRNGKey(1), 3, num_support=5,
+  tasks = mj.tasks.sine_tasks(jax.random.PRNGKey(1), 3, num_support=5,
                               num_query=5)
   got = sine.k_step_mse(meta, tasks, inner_lr=None, max_steps=4,
                         num_inner_steps=2)
@@ -152,19 +150,18 @@ def test_k_step_curve_uses_the_last_learned_step_past_n():
   def manual(support, query):
     w, out = params, []
     for j in range(4):
-      out.append(models.sine_loss(w, query))
+      out.append(mj.models.sine_loss(w, query))
       a = jax.tree.map(lambda x, j=j: x[min(j, 1)], alpha)
-      g = jax.grad(models.sine_loss)(w, support)
+      g = jax.grad(mj.models.sine_loss)(w, support)
       w = jax.tree.map(lambda w_, a_, g_: w_ - a_ * g_, w, a, g)
-    return jnp.stack(out + [models.sine_loss(w, query)])
+    return jnp.stack(out + [mj.models.sine_loss(w, query)])
 
   want = jnp.mean(jax.vmap(manual)(tasks.support, tasks.query), axis=0)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # For k <= N the curve matches mj.adapt with the same learned step sizes.
-  adapted = jax.vmap(lambda s: mj.adapt(models.sine_loss, meta, s,
-                                        inner_lr=None, num_steps=2)[0])(
-                                            tasks.support)
-  after_n = jnp.mean(jax.vmap(models.sine_loss)(adapted, tasks.query))
+  adapted = jax.vmap(lambda s: mj.adapt(
+      mj.models.sine_loss, meta, s, inner_lr=None, num_steps=2)[0])(tasks.support)
+  after_n = jnp.mean(jax.vmap(mj.models.sine_loss)(adapted, tasks.query))
   np.testing.assert_allclose(got[2], after_n, rtol=1e-5)
 
 

@@ -1,9 +1,10 @@
-"""Tests of the few-shot data pipeline: glyphs, Omniglot's layout, task sampling."""
+"""Tests of the few-shot data sets: glyphs and Omniglot's layout.
+
+Task sampling from them is the library's (tests/test_tasks.py).
+"""
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -91,78 +92,6 @@ def test_glyph_instances_depend_only_on_seed_and_character(glyphs):
   for data in smaller:
     for name, images in zip(data.names, data.images):
       np.testing.assert_array_equal(images, everything[name])
-
-
-# Task sampling.
-
-C, M = 12, 6  # classes and instances of the synthetic split.
-
-
-def _ids():
-  """Float images [C, M, 2, 3] whose every pixel is the image's id c * M + m, scaled."""
-  ids = np.arange(C * M, dtype=np.float32).reshape(C, M) / (C * M)
-  return jnp.asarray(np.broadcast_to(ids[:, :, None, None], (C, M, 2, 3)))
-
-
-def _decode(x):
-  ids = np.rint(np.asarray(x)[..., 0, 0, 0] * C * M).astype(int)
-  return ids // M, ids % M  # class, instance.
-
-
-def test_sample_tasks_shapes_and_label_structure():
-  ways, shots, query_shots, num_tasks = 4, 2, 3, 50
-  sample = jax.jit(fd.sample_tasks, static_argnums=2, static_argnames=('ways', 'shots',
-                                                                      'query_shots'))
-  tasks = sample(jax.random.key(0), _ids(), num_tasks, ways=ways, shots=shots,
-                 query_shots=query_shots)
-  assert tasks.support['x'].shape == (num_tasks, ways * shots, 2, 3, 1)
-  assert tasks.query['x'].shape == (num_tasks, ways * query_shots, 2, 3, 1)
-  assert tasks.support['x'].dtype == jnp.float32
-  assert tasks.support['y'].dtype == tasks.query['y'].dtype == jnp.int32
-  s_class, s_inst = _decode(tasks.support['x'])
-  q_class, q_inst = _decode(tasks.query['x'])
-  s_y, q_y = np.asarray(tasks.support['y']), np.asarray(tasks.query['y'])
-  first_classes = []
-  for t in range(num_tasks):
-    np.testing.assert_array_equal(np.bincount(s_y[t], minlength=ways), [shots] * ways)
-    np.testing.assert_array_equal(np.bincount(q_y[t], minlength=ways), [query_shots] * ways)
-    label_class = {}
-    for y, c in zip(np.concatenate([s_y[t], q_y[t]]), np.concatenate([s_class[t], q_class[t]])):
-      assert label_class.setdefault(y, c) == c  # one class per label, in support and query.
-    assert len(set(label_class.values())) == ways  # distinct classes.
-    for y in range(ways):
-      used = list(s_inst[t][s_y[t] == y]) + list(q_inst[t][q_y[t] == y])
-      assert len(used) == len(set(used)) == shots + query_shots  # distinct instances.
-    first_classes.append(label_class[0])
-  # Labels are assigned at random: label 0 is not always the smallest class.
-  assert len(set(first_classes)) > 3
-  assert (np.array(first_classes) != s_class.min(axis=1)).any()
-
-
-def test_sample_tasks_is_deterministic_jittable_and_indexed_per_task():
-  images = _ids()
-  sample = lambda key, n, start=0: fd.sample_tasks(key, images, n, ways=3, shots=1,
-                                                   query_shots=2, start_index=start)
-  key = jax.random.key(7)
-  jitted = jax.jit(sample, static_argnums=1)
-  tasks = jitted(key, 5)
-  for i in range(5):
-    alone = jitted(key, 1, i)  # start_index is traced: one compilation.
-    jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a[i], b[0]), tasks, alone)
-  jax.tree.map(np.testing.assert_array_equal, tasks, jitted(key, 5))  # the same key again.
-  other = jitted(jax.random.key(8), 5)
-  assert not np.array_equal(tasks.support['x'], other.support['x'])
-
-
-def test_sample_tasks_scales_uint8_and_checks_sizes():
-  images = jnp.full((5, 3, 4, 4), 255, jnp.uint8)
-  sample = jax.jit(lambda key: fd.sample_tasks(key, images, 2, ways=5, shots=1, query_shots=2))
-  tasks = sample(jax.random.key(0))
-  np.testing.assert_array_equal(tasks.support['x'], 1.0)
-  with pytest.raises(ValueError, match='ways=6'):
-    fd.sample_tasks(jax.random.key(0), images, 2, ways=6, shots=1, query_shots=1)
-  with pytest.raises(ValueError, match='3 instances'):
-    fd.sample_tasks(jax.random.key(0), images, 2, ways=2, shots=2, query_shots=2)
 
 
 # Omniglot, on a tiny data set written in the release's layout.

@@ -1,4 +1,7 @@
-"""The experiments' task samplers and losses match their definitions (SPEC section 4)."""
+"""The matrix-factorization task sampler and loss of the experiments match the paper.
+
+The sine and few-shot ones are the library's (tests/test_tasks.py, tests/test_models.py).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,7 @@ def test_mf_loss_is_the_frobenius_matrix_loss():
   explicit = np.mean([0.25 * np.sum((np.outer(w, w) - np.outer(zi, zi)) ** 2)
                       for zi in np.asarray(z)])
   np.testing.assert_allclose(models.mf_loss(w, {'z': z}), explicit, rtol=1e-5)
-  # Not the authors' 1-D bug (1/4)(|w|^2 - |z|^2)^2 (SPEC section 5).
+  # Not the authors' code's (1/4)(|w|^2 - |z|^2)^2, a different function.
   bug = 0.25 * (jnp.dot(w, w) - jnp.dot(z[0], z[0])) ** 2
   assert not np.isclose(models.mf_loss(w, {'z': z[:1]}), bug, rtol=1e-3)
 
@@ -29,23 +32,3 @@ def test_mf_tasks_distribution():
   scale_s, scale_q = z_s.std(axis=(1, 2)), z_q.std(axis=(1, 2))
   assert scale_s.max() < 0.1 * 2.5 and np.corrcoef(scale_s, scale_q)[0, 1] > 0.8
   assert not np.allclose(z_s, z_q)  # independent draws, same sigma_i
-
-
-def test_sine_tasks_distribution():
-  tasks = task_lib.sine_tasks(KEY, 500)
-  amp, phase = task_lib.sine_task_params(KEY, 500)
-  x, y = np.asarray(tasks.support['x']), np.asarray(tasks.support['y'])
-  assert x.shape == (500, 10, 1) and tasks.query['x'].shape == (500, 10, 1)
-  assert x.min() >= -5 and x.max() <= 5
-  assert amp.min() >= 0.1 and amp.max() <= 5 and phase.max() <= np.pi
-  np.testing.assert_allclose(
-      y, np.asarray(amp)[:, None, None] * np.sin(x - np.asarray(phase)[:, None, None]),
-      rtol=1e-5, atol=1e-5)
-
-
-def test_sine_mlp_shapes():
-  params = models.init_sine_params(KEY)
-  sizes = sorted(p.size for p in jax.tree.leaves(params))
-  assert sum(sizes) == 1 * 40 + 40 + 40 * 40 + 40 + 40 * 1 + 1
-  batch = {'x': jnp.zeros((7, 1)), 'y': jnp.zeros((7, 1))}
-  assert models.sine_loss(params, batch).shape == ()

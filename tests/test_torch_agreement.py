@@ -112,7 +112,7 @@ def test_x64_does_not_leak():
 
 @pytest.mark.parametrize('algorithm', ['maml', 'fo_maml', 'ggs_maml'])
 def test_convnet_agreement_float64(algorithm):
-  """The few-shot conv net (experiments.models.ConvNet, 'matmul' convs, tasks
+  """The few-shot conv net (mj.models.ConvNet, 'xla_vjp' convs, tasks
   batched with lax.map): same meta-gradient as the PyTorch loop (and TorchOpt
   for MAML / FO-MAML, when installed) in float64, tiny sizes (8 filters,
   2 tasks, 28x28 images, 2 blocks so the head sees 7x7x8 features: half the
@@ -126,8 +126,9 @@ def test_convnet_agreement_float64(algorithm):
   1.3 from the same function run op by op (``jax.disable_jit``), which agreed
   with PyTorch to 7e-15. The cause was the max-pool's gradient (``jnp.max``'s
   JVP marks the maximum by an equality test, and XLA's fused recomputation of
-  the operand rounded differently, dropping windows). ``models.max_pool_2x2``
-  now routes the gradient with ``where`` (benchmarks/repro_vmap_conv.py)."""
+  the operand rounded differently, dropping windows). The pool,
+  ``mj.nn.max_pool``, now routes the gradient with ``where``
+  (benchmarks/repro_vmap_conv.py)."""
   from benchmarks import convnet  # pylint: disable=g-import-not-at-top
   hp = dict(num_tasks=2, ways=5, shots=1, query=2, filters=8, blocks=2,
             num_inner_steps=1, inner_lr=0.4, num_directions=2, delta=DELTA,

@@ -1,4 +1,4 @@
-"""PyTorch reference of multi-step MAML, FO-, ZO-, GGS- and HF-MAML (SPEC.md 1-3).
+"""PyTorch reference of multi-step MAML, FO-, ZO-, GGS- and HF-MAML (docs/design.md, 'Estimators').
 
 This is the comparison point of the benchmarks and of the agreement test: the
 same math as maml_jax, written the way PyTorch MAML code usually is, in two
@@ -10,7 +10,7 @@ flavours:
 * ``impl='func'``: vectorized with ``torch.func`` (``vmap`` over tasks and over
   the b directions, ``grad`` nested for second order), usually faster.
 
-Everything follows the finite-sum case of SPEC.md section 1: every inner step
+Everything follows the finite-sum case (docs/design.md, 'Problem and notation'): every inner step
 uses the task's support batch, the Hessian (estimate) terms are those of the
 support loss at w_j, and the outer gradient is on the query batch:
 
@@ -21,7 +21,7 @@ with H_j the exact Hessian (MAML: autograd through the loop), zero (FO-MAML),
 the zeroth-order estimate of eq. (17) with u u^T (ZO-MAML, no "-I"), the GGS
 estimate of eq. (18)/(19) (GGS-MAML), or the finite-difference
 Hessian-vector product of HF-MAML. None of the deviations of the authors'
-code listed in SPEC.md section 5 is reproduced: directions are fresh for every
+code listed in docs/design.md, 'The published PyTorch code', is reproduced: directions are fresh for every
 task and step unless given, the matrix-factorization loss is the matrix loss
 (1/4)||w w^T - z z^T||_F^2 (formed explicitly here, so it is an independent
 check of the JAX formula), every method takes N steps of size alpha.

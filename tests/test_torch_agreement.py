@@ -95,7 +95,7 @@ def test_torch_func_matches_torch_loop(problem):
 
 
 def test_directions_are_fresh_per_task_and_step():
-  """The directions fed to torch differ across tasks and steps (SPEC section 5)."""
+  """The directions fed to torch differ across tasks and steps (docs/design.md, 'Random directions and keys')."""
   params = jnp.zeros((20,))
   d = np.asarray(agreement.compiled_call(
       lambda p, k: agreement.meta_gradient_directions(p, k, NUM_TASKS, NUM_STEPS,

@@ -14,16 +14,7 @@ import pytest
 
 import maml_jax as mj
 from experiments import models
-
-
-def _tasks(key, num_tasks, dtype, ways=3, shots=2, query=2, size=12):
-  ks, kq = jax.random.split(key)
-
-  def batch(k, per_class):
-    return {'x': jax.random.normal(k, (num_tasks, ways * per_class, size, size, 1), dtype),
-            'y': jnp.tile(jnp.repeat(jnp.arange(ways), per_class), (num_tasks, 1))}
-
-  return mj.Task(batch(ks, shots), batch(kq, query))
+import toy
 
 
 def _net(conv_impl, ways=3):
@@ -31,9 +22,9 @@ def _net(conv_impl, ways=3):
 
 
 def _loss_grad_and_meta_gradient(conv_impl, task_batching):
-  tasks = _tasks(jax.random.PRNGKey(1), 2, jnp.float64)
+  tasks = toy.image_tasks(jax.random.PRNGKey(1), 2, jnp.float64)
   params = mj.models.init_convnet_params(jax.random.PRNGKey(0), _net('xla'),
-                                      image_shape=(12, 12, 1), dtype=jnp.float64)
+                                         image_shape=(12, 12, 1), dtype=jnp.float64)
   support = jax.tree.map(lambda x: x[0], tasks.support)
   loss_fn = mj.models.make_convnet_loss(_net(conv_impl))
   est = mj.maml(loss_fn, inner_lr=0.4, num_inner_steps=1)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import maml_jax as mj
+import toy
 
 KEY = jax.random.PRNGKey(0)
 
@@ -45,21 +46,11 @@ def test_convnet_parameters_for_omniglot_and_miniimagenet():
   assert logits == (2, 5)
 
 
-def _tasks(key, num_tasks, dtype, ways=3, shots=2, query=2, size=12):
-  ks, kq = jax.random.split(key)
-
-  def batch(k, per_class):
-    return {'x': jax.random.normal(k, (num_tasks, ways * per_class, size, size, 1), dtype),
-            'y': jnp.tile(jnp.repeat(jnp.arange(ways), per_class), (num_tasks, 1))}
-
-  return mj.Task(batch(ks, shots), batch(kq, query))
-
-
 def test_convnet_default_conv_is_the_library_op_with_lax_math():
   """conv=mj.nn.conv_general_dilated (default) and lax's: same loss, gradient, MAML."""
   assert mj.models.ConvNet(5).conv is mj.nn.conv_general_dilated
   with jax.enable_x64(True):
-    tasks = _tasks(jax.random.PRNGKey(1), 2, jnp.float64)
+    tasks = toy.image_tasks(jax.random.PRNGKey(1), 2, jnp.float64)
     support = jax.tree.map(lambda x: x[0], tasks.support)
     out = []
     for conv in (mj.nn.conv_general_dilated, jax.lax.conv_general_dilated):
@@ -93,7 +84,7 @@ def test_batch_norm_uses_this_batch_statistics():
 def test_convnet_loss_with_accuracy_aux_runs_in_an_estimator():
   net = mj.models.ConvNet(3, filters=4, blocks=2)
   params = mj.models.init_convnet_params(KEY, net, image_shape=(12, 12, 1))
-  tasks = _tasks(jax.random.PRNGKey(1), 2, jnp.float32)
+  tasks = toy.image_tasks(jax.random.PRNGKey(1), 2, jnp.float32)
   query = jax.tree.map(lambda x: x[0], tasks.query)
   loss, aux = mj.models.make_convnet_loss(net, has_aux=True)(params, query)
   np.testing.assert_allclose(loss, mj.models.make_convnet_loss(net)(params, query))

@@ -60,3 +60,20 @@ def wave_tasks(key, num_tasks, *, num_points=10, dtype=jnp.float32):
     return {'x': x, 'y': amp * jnp.sin(x - phase)}
 
   return mj.Task(support=draw(k_s), query=draw(k_q))
+
+
+def image_tasks(key, num_tasks, dtype=jnp.float32, *, ways=3, shots=2, query=2,
+                size=12):
+  """Few-shot classification tasks of Gaussian-noise images [size, size, 1].
+
+  Support and query hold ``shots`` / ``query`` images of each of ``ways``
+  labels (grouped by label), with a leading task axis.
+  """
+  ks, kq = jax.random.split(key)
+
+  def batch(k, per_class):
+    x = jax.random.normal(k, (num_tasks, ways * per_class, size, size, 1), dtype)
+    y = jnp.tile(jnp.repeat(jnp.arange(ways), per_class), (num_tasks, 1))
+    return {'x': x, 'y': y}
+
+  return mj.Task(batch(ks, shots), batch(kq, query))

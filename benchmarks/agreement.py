@@ -40,13 +40,13 @@ def problem_setup(problem: str, num_tasks: int, key, dtype=jnp.float32,
 
 def jax_estimator(algorithm: str, loss_fn, *, inner_lr: float,
                   num_inner_steps: int, num_directions: int = 10,
-                  delta: float = 1e-2, remat=False, loss_before=None):
+                  delta: float = 1e-2, remat=False, loss_before=False):
   """The maml_jax estimator named ``algorithm`` (``mj.make_estimator``).
 
   ``num_directions`` and ``delta`` go to the estimators that take them
   (``mj.estimator_kwargs``); an unknown name is a ValueError.
-  ``loss_before=False`` skips the query loss at w_0 (a reported metric that
-  the PyTorch versions do not compute).
+  ``loss_before=False`` (the library's default) skips the query loss at w_0,
+  a reported metric that the PyTorch versions do not compute.
   """
   return mj.make_estimator(
       algorithm, loss_fn, inner_lr=inner_lr, num_inner_steps=num_inner_steps,

@@ -1,6 +1,6 @@
 """The ``convnet`` section of ``benchmarks.run``: few-shot conv net meta-training speed.
 
-Finn et al.'s 4-block conv net (``experiments.models.ConvNet``: 3x3 conv,
+Finn et al.'s 4-block conv net (``mj.models.ConvNet``: 3x3 conv,
 batch-statistics BatchNorm, ReLU, 2x2 max-pool; linear head) on 28x28 grey
 images, N-way K-shot tasks with Q query images per class (docs/design.md, 'Experiments').
 The images are Gaussian noise: the time of a meta-iteration depends on the
@@ -11,8 +11,8 @@ each convolution into a grouped one (feature_group_count = number of tasks),
 which XLA:CPU runs slowly. The timed maml_jax configurations therefore name
 how the task axis is batched (``task_batching``, see ``mj.meta_gradient``) and
 how the convolutions are computed (``conv_impl``, see
-``experiments.models.conv3x3``). Each row (one algorithm) times, in
-alternating rounds:
+``experiments.models.conv_op``: 'xla_vjp' is ``mj.nn.conv_general_dilated``).
+Each row (one algorithm) times, in alternating rounds:
 
 * ``jax_step``: the jitted ``mj.make_train_step`` with the section's
   ``task_batching`` / ``conv_impl`` (configs: 'map' / 'xla_vjp');
@@ -21,6 +21,9 @@ alternating rounds:
   with the tasks split over the devices (``make_train_step(..., mesh=)``);
 * ``jax_step_vmap_xla`` (MAML row only, by default): the same with 'vmap' /
   'xla', the naive configuration, for contrast;
+* ``jax_user_model``: ``UserConvNet``, the net as a user writes it in Flax
+  with the library's layers, and ``mj.make_train_step`` with every default
+  (``task_batching='auto'``, one device), against the PyTorch loop itself;
 * ``jax_fused``: ``mj.make_fused_train`` (tasks sampled on device, several
   meta-iterations per compiled call), best configuration (over the devices
   when there are several);
@@ -88,10 +91,9 @@ def setup(hp, *, conv_impl=None, key=None, dtype=jnp.float32):
 def estimator(algorithm, loss_fn, hp):
   """The maml_jax estimator of a row, doing the PyTorch versions' work.
 
-  ``loss_before=False``: the PyTorch loops do not evaluate the query loss at
-  w_0, which the train step would otherwise report ('loss_before'); on this
-  net it is one more forward pass of the 75 query images per task, ~20% of a
-  FO-MAML step.
+  ``loss_before=False`` (the library's default): the PyTorch loops do not
+  evaluate the query loss at w_0 either; on this net it would be one more
+  forward pass of the 75 query images per task, ~20% of a FO-MAML step.
   """
   return agreement.jax_estimator(
       algorithm, loss_fn, inner_lr=hp['inner_lr'],

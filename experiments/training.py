@@ -161,19 +161,22 @@ def supervised_problem(cfg, *, loss_fn, init_params, sample, num_test_tasks,
 
 def make_estimator(algorithm, loss_fn, *, inner_lr, num_inner_steps,
                    num_directions, delta, sampler=None, remat=False,
-                   has_aux=False):
+                   has_aux=False, loss_before=True):
   """The ``maml_jax`` estimator named ``algorithm`` (one of ``mj.ESTIMATORS``).
 
   Built by the library's registry (``mj.make_estimator``) from the launcher's
   hyperparameters, passing only those the estimator takes
   (``mj.estimator_kwargs``): no delta to MAML, no b to HF-MAML.
   ``inner_lr`` may be a float, an array or tracer (``--inner_lrs``), or None
-  (the step sizes come with ``mj.LearnedInnerLR`` params).
+  (the step sizes come with ``mj.LearnedInnerLR`` params). ``loss_before``:
+  the launchers log the query loss at w_0 ('train_loss_before' in
+  metrics.jsonl), one forward pass of the query batch per task that the
+  library computes only when asked.
   """
   return mj.make_estimator(algorithm, loss_fn, **mj.estimator_kwargs(
       algorithm, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
       num_directions=num_directions, delta=delta, sampler=sampler,
-      remat=remat, has_aux=has_aux))
+      remat=remat, has_aux=has_aux, loss_before=loss_before))
 
 
 def make_optimizer(name, learning_rate):

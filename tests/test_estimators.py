@@ -46,7 +46,7 @@ def _stack(batches):
 def test_quadratic_closed_form(name, kwargs, num_steps):
   w, supports, query, _ = _problem(num_steps, num_steps)
   est = getattr(mj, name)(q.loss, inner_lr=ALPHA, num_inner_steps=num_steps,
-                          **kwargs)
+                          loss_before=True, **kwargs)
   task = mj.Task(support=q.as_jax(supports[0]), query=q.as_jax(query))
   grads, aux = jax.jit(est)(jnp.asarray(w), task, jax.random.PRNGKey(0))
   expected = q.closed_form(w, supports, query, ALPHA,
@@ -312,12 +312,18 @@ def test_has_aux_reports_query_aux_at_w0_and_w_n(name):
   plain = mj.make_estimator(name, q.loss, inner_lr=ALPHA, num_inner_steps=2,
                             **kwargs)
   with_aux = mj.make_estimator(name, _loss_with_aux, inner_lr=ALPHA,
-                               num_inner_steps=2, has_aux=True, **kwargs)
+                               num_inner_steps=2, has_aux=True,
+                               loss_before=True, **kwargs)
   key = jax.random.PRNGKey(3)
   g0, a0 = jax.jit(plain)(jnp.asarray(w), task, key)
   g1, a1 = jax.jit(with_aux)(jnp.asarray(w), task, key)
   np.testing.assert_allclose(g1, g0, rtol=1e-12)
   assert a0.query_aux_after is None and a0.query_aux_before is None
+  # The query loss at w_0 is computed only when asked (loss_before=True).
+  assert a0.query_loss_before is None
+  assert mj.make_estimator(name, _loss_with_aux, inner_lr=ALPHA,
+                           num_inner_steps=2, has_aux=True, **kwargs)(
+                               jnp.asarray(w), task, key)[1].query_aux_before is None
   w_n = q.inner_iterates(w, supports, ALPHA)[-1]
   np.testing.assert_allclose(a1.query_aux_after['residual_norm'],
                              np.linalg.norm(w_n - query['c']), rtol=1e-12)
@@ -343,7 +349,7 @@ def test_has_aux_in_the_train_step_metrics():
                                query=q.as_jax(query)))
   import optax
   est = mj.maml(_loss_with_aux, inner_lr=ALPHA, num_inner_steps=2,
-                has_aux=True)
+                has_aux=True, loss_before=True)
   step = mj.make_train_step(est, optax.sgd(0.01))
   _, metrics = step(mj.init_train_state(jnp.asarray(w), optax.sgd(0.01)),
                     tasks, KEY_)

@@ -18,7 +18,7 @@ def _setup(num_tasks=8):
 
 
 EST = mj.ggs_maml(toy.mlp_loss, inner_lr=0.01, num_inner_steps=2,
-                  num_directions=3, delta=1e-2)
+                  num_directions=3, delta=1e-2, loss_before=True)
 
 
 def test_mean_over_tasks_with_split_keys():
@@ -120,7 +120,8 @@ def test_shard_map_with_axis_name_equals_unsharded(name):
   meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.1,
                                                     'per_parameter'))
   kwargs = dict(num_directions=3, delta=1e-2) if name == 'ggs_maml' else {}
-  est = mj.make_estimator(name, _tanh_loss, num_inner_steps=2, **kwargs)
+  est = mj.make_estimator(name, _tanh_loss, num_inner_steps=2,
+                          loss_before=True, **kwargs)
   reference, ref_aux = jax.jit(
       lambda p, t, k: mj.meta_gradient(est, p, t, k))(meta, tasks, KEY)
   assert int(ref_aux.num_nonfinite) == 1

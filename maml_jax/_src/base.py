@@ -72,8 +72,8 @@ class EstimatorAux(NamedTuple):
       w_0 (None when ``query_loss_before`` is not computed); else None.
     query_aux_after: with ``has_aux=True``, the aux of l(w_N; T); else None.
 
-  ``query_loss_before`` is None when the estimator does not compute it (by
-  default for a ``Sampled`` query, where it costs a sample at w_0).
+  ``query_loss_before`` is None unless the estimator was built with
+  ``loss_before=True`` (it costs a forward pass of the query batch at w_0).
   """
   query_loss_before: chex.Array
   query_loss_after: chex.Array

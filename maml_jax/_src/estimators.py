@@ -53,7 +53,7 @@ class _Settings(NamedTuple):
   remat: Any
   seg: inner.Segmentation
   keep_batches: bool
-  loss_before: Optional[bool]
+  loss_before: bool
   has_aux: bool
 
 
@@ -62,8 +62,8 @@ def _settings(loss_fn, *, inner_lr, num_inner_steps, sampler, remat,
   validation.check_callable(loss_fn, 'loss_fn')
   if sampler is not None:
     validation.check_callable(sampler, 'sampler')
-  if loss_before not in (None, True, False):
-    raise ValueError(f'loss_before must be None, True or False, got '
+  if loss_before not in (True, False):
+    raise ValueError(f'loss_before must be True or False, got '
                      f'{loss_before!r}.')
   num_steps = validation.check_positive_int(num_inner_steps, 'num_inner_steps')
   remat = validation.check_remat(remat)
@@ -148,11 +148,7 @@ def _finish(s: _Settings, call: _Call, *, grads_w, grads_lr, w_n, losses,
   the ``EstimatorAux`` shared by every builder."""
   grads = (step_sizes_lib.LearnedInnerLR(grads_w, grads_lr) if call.learned
            else grads_w)
-  task = call.loop.task
-  before = s.loss_before
-  if before is None:
-    before = not isinstance(task.query, base.Sampled)
-  if before:
+  if s.loss_before:
     loss_b, aux_b = s.loss_and_aux(call.w0, call.query_batch(call.w0))
   else:
     loss_b, aux_b = None, None
@@ -301,7 +297,7 @@ def estimator(loss_fn: base.LossFn,
               autodiff: bool = False,
               keep_batches: bool = False,
               has_aux: bool = False,
-              loss_before: Optional[bool] = None) -> base.MetaEstimator:
+              loss_before: bool = False) -> base.MetaEstimator:
   """Builds a per-task meta-gradient estimator from a Hessian-vector oracle.
 
   G = prod_{j=0}^{N-1} (I - alpha_j H_j) grad l(w_N; T)     (eq. 8 / eq. 19)
@@ -333,10 +329,12 @@ def estimator(loss_fn: base.LossFn,
     has_aux: ``loss_fn`` returns ``(loss, aux)`` (accuracy, logits, model
       statistics); the aux of the query loss at w_N and at w_0 is reported in
       ``EstimatorAux.query_aux_after`` / ``query_aux_before``.
-    loss_before: compute the query loss at w_0, l(w_0; T) (one more forward
-      pass; for a ``Sampled`` query one more sample, e.g. a rollout). None
-      (default): for plain query batches only; else as given. When not
-      computed, ``aux.query_loss_before`` is None.
+    loss_before: also compute the query loss at w_0, l(w_0; T), for
+      monitoring: one more forward pass of the query batch per task (for a
+      conv net ~15-20% of a step), for a ``Sampled`` query one more sample
+      (a rollout). Off by default, as in a plain PyTorch MAML loop; when not
+      computed, ``aux.query_loss_before`` (and the train step's
+      'loss_before' metric) is None / absent.
 
   Returns:
     ``est(params, task, key) -> (meta_grads, EstimatorAux)`` for one task;
@@ -366,7 +364,7 @@ def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
          sampler: base.Sampler = None, remat=False,
          backprop: str = 'auto', keep_batches: bool = False,
          has_aux: bool = False,
-         loss_before: Optional[bool] = None) -> base.MetaEstimator:
+         loss_before: bool = False) -> base.MetaEstimator:
   """Exact N-step MAML meta-gradient, eq. (3)/(8).
 
       G = (I - alpha H_0) ... (I - alpha H_{N-1}) grad l(w_N; T)
@@ -411,7 +409,7 @@ def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
 def fo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
             sampler: base.Sampler = None, remat=False,
             keep_batches: bool = False, has_aux: bool = False,
-            loss_before: Optional[bool] = None) -> base.MetaEstimator:
+            loss_before: bool = False) -> base.MetaEstimator:
   """First-order MAML: every Hessian term dropped, G = grad l(w_N; T).
 
   Memory O(d) whatever N (``remat`` is accepted for a uniform API and has
@@ -429,7 +427,7 @@ def zo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
             num_directions: int, delta: float, subtract_identity: bool = False,
             sampler: base.Sampler = None, remat=False,
             keep_batches: bool = False, has_aux: bool = False,
-            loss_before: Optional[bool] = None) -> base.MetaEstimator:
+            loss_before: bool = False) -> base.MetaEstimator:
   """ZO-MAML: eq. (8) with the zeroth-order Hessian estimate of eq. (17).
 
   Fresh Gaussian directions for every task, inner step and call. The default
@@ -449,7 +447,7 @@ def zo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
 def ggs_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
              num_directions: int, delta: float, sampler: base.Sampler = None,
              remat=False, keep_batches: bool = False, has_aux: bool = False,
-             loss_before: Optional[bool] = None) -> base.MetaEstimator:
+             loss_before: bool = False) -> base.MetaEstimator:
   """GGS-MAML (Algorithm 2): eq. (19) with the GGS Hessian estimate of eq. (18).
 
       G = prod_{j=0}^{N-1} (I - alpha H_ggs(w_j)) grad l(w_N; T)
@@ -469,7 +467,7 @@ def ggs_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
 def hf_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
             delta: float, sampler: base.Sampler = None,
             remat=False, keep_batches: bool = False, has_aux: bool = False,
-            loss_before: Optional[bool] = None) -> base.MetaEstimator:
+            loss_before: bool = False) -> base.MetaEstimator:
   """HF-MAML (Fallah et al. 2019): eq. (8) with finite-difference H v products.
 
   H_j v ~ (grad l(w_j + delta v) - grad l(w_j - delta v)) / (2 delta), applied

@@ -16,8 +16,8 @@ class MetaAux(NamedTuple):
   """What ``meta_gradient`` reports besides the averaged meta-gradient.
 
   Attributes:
-    query_loss_before: mean over tasks of l_i(w_0; T_i) (None when the
-      estimator does not compute it: a ``Sampled`` query, by default).
+    query_loss_before: mean over tasks of l_i(w_0; T_i) (None unless
+      the estimator was built with ``loss_before=True``).
     query_loss_after: mean over tasks of l_i(w_N; T_i).
     num_nonfinite: number of tasks whose meta-gradient had a NaN/inf; they are
       left out of the average (never silently averaged into the update).

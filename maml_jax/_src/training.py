@@ -125,7 +125,7 @@ def make_train_step(est: base.MetaEstimator,
   Returns:
     ``step(state, tasks, key) -> (state, metrics)`` with scalar metrics
     'loss_before', 'loss_after' (mean query losses before/after adaptation;
-    'loss_before' only when the estimator computes it), 'grad_norm' and
+    'loss_before' only with an estimator built with ``loss_before=True``), 'grad_norm' and
     'num_nonfinite', and with a ``has_aux`` loss 'aux_after' / 'aux_before'
     (the task means of the query aux, ``MetaAux``). ``state.params`` may be
     a ``LearnedInnerLR``: the optimizer then updates w_0 and the step sizes. When every task's meta-gradient is

@@ -31,9 +31,9 @@ Finn et al.'s setting: --filters=64 --tasks_per_batch=32
 --train_query_shots=1 (5-way 1-shot) --num_iterations=60000.
 
 Conv nets on CPU run the tasks of a meta-gradient one after another
-(--task_batching=map) and the seeds too (--member_batching=map): vmapping
-over per-task weights turns every convolution into a grouped one, slow on
-XLA:CPU (BENCHMARKS.md, "Conv net").
+(--task_batching=auto picks map there) and the seeds too
+(--member_batching=map): vmapping over per-task weights turns every
+convolution into a grouped one, slow on XLA:CPU (docs/conv_nets.md).
 
   python -m experiments.fewshot --workdir=/tmp/fewshot
   python -m experiments.fewshot --quick
@@ -124,8 +124,9 @@ flags.DEFINE_enum('conv_impl', 'auto', ['auto'] + list(models.CONV_IMPLS),
                   'How convolutions are computed: auto (xla_vjp on CPU, xla '
                   'elsewhere), xla, matmul (im2col), xla_vjp '
                   '(mj.nn.conv_general_dilated). Same math.')
-flags.DEFINE_string('task_batching', 'map',
-                    'How the tasks of a meta-gradient are batched: vmap, map, '
+flags.DEFINE_string('task_batching', 'auto',
+                    'How the tasks of a meta-gradient are batched: auto (map '
+                    'for this conv net on CPU, vmap elsewhere), vmap, map, '
                     'unroll or a chunk size (mj.meta_gradient).')
 flags.DEFINE_enum('member_batching', 'map', ['vmap', 'map'],
                   'How seeds (members) run in one compiled chunk: vmap or '
@@ -286,11 +287,11 @@ def _check_flags(defaults):
   if num_test < 1:
     raise app.UsageError(f'--num_test_tasks must be positive, got {num_test}')
   task_batching = FLAGS.task_batching.strip()
-  if task_batching.isdigit() and int(task_batching) > 0:
-    task_batching = int(task_batching)
-  elif task_batching not in ('vmap', 'map', 'unroll'):
-    raise app.UsageError('--task_batching must be vmap, map, unroll or a '
-                         f'positive chunk size, got {FLAGS.task_batching!r}')
+  try:
+    task_batching = mj.check_task_batching(
+        int(task_batching) if task_batching.isdigit() else task_batching)
+  except ValueError as error:
+    raise app.UsageError(f'--task_batching: {error}') from None
   if FLAGS.dataset == 'omniglot' and not FLAGS.data_dir:
     raise app.UsageError('--dataset=omniglot needs --data_dir (the folder '
                          'holding images_background/ and images_evaluation/)')

@@ -57,7 +57,8 @@ class Problem(NamedTuple):
       ``train_<name>``, the mean over the chunk of the query aux after
       adaptation.
     task_batching: how the task axis of a meta-gradient is batched
-      (``mj.meta_gradient``): 'vmap' for MLPs, 'map' for conv nets on CPU.
+      (``mj.meta_gradient``); 'auto' (default) picks 'vmap' for MLPs and
+      'map' for conv nets on CPU.
     member_batching: how the members (seeds, grid points) of a chunk run:
       'vmap' (one batched program, right for small models) or 'map'
       (``lax.map``, one after another: a vmapped conv net with per-seed
@@ -70,7 +71,7 @@ class Problem(NamedTuple):
   validate: Optional[Callable] = None
   sampler: Optional[Callable] = None
   has_aux: bool = False
-  task_batching: object = 'vmap'
+  task_batching: object = 'auto'
   member_batching: str = 'vmap'
 
 

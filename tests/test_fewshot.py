@@ -74,7 +74,7 @@ def test_split_accuracy_interval():
 @pytest.mark.parametrize('args, message', [
     (['--ways=1'], '--ways must be at least 2'),
     (['--shots=0'], '--shots must be a positive integer'),
-    (['--task_batching=loop'], '--task_batching must be'),
+    (['--task_batching=loop'], '--task_batching: task_batching must be one of'),
     (['--num_final_tasks=5', '--eval_chunk=2'], 'multiple of --eval_chunk'),
     (['--data_dir='], 'needs --data_dir'),
     (['--data_dir=/nonexistent/omniglot'], '/nonexistent/omniglot'),

@@ -227,11 +227,11 @@ def prepare_user_model_step(algorithm, hp, *, compiler_options=None):
 def user_model_gradient_error(algorithm, hp):
   """||G_op - G_lax|| / ||G_lax|| of one meta-gradient of ``UserConvNet``.
 
-  Deterministic estimators only (MAML, FO-MAML): both sides get the same key,
-  but GGS's directions would make the comparison a statement about noise
-  only if the ops differed. None for the others.
+  MAML only (the row of the target; FO-MAML's gradient is a sub-computation
+  of it, and GGS's random directions would add noise to the comparison).
+  None for the others.
   """
-  if algorithm not in ('maml', 'fo_maml'):
+  if algorithm != 'maml':
     return None
   key = jax.random.PRNGKey(3)
   grads = []

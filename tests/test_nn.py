@@ -194,12 +194,12 @@ class MaxPoolTest(parameterized.TestCase):
           logits, batch['y']).mean()
 
     rng = np.random.default_rng(5)
-    w = {'k': jnp.asarray(rng.normal(size=(3, 3, 1, 4)) * 0.5),
-         'head': jnp.asarray(rng.normal(size=(4 * 3 * 3, 3)) * 0.1)}
-    batch = {'x': jnp.asarray(rng.normal(size=(3, 6, 6, 1))),
+    w = {'k': jnp.asarray(rng.normal(size=(3, 3, 1, 2)) * 0.5),
+         'head': jnp.asarray(rng.normal(size=(2 * 2 * 2, 3)) * 0.1)}
+    batch = {'x': jnp.asarray(rng.normal(size=(3, 4, 4, 1))),
              'y': jnp.arange(3)}
     task = mj.Task(support=batch, query=batch)
-    est = mj.maml(loss, inner_lr=0.5, num_inner_steps=2)
+    est = mj.maml(loss, inner_lr=0.5, num_inner_steps=1)
     key = jax.random.PRNGKey(0)
     with jax.disable_jit():
       eager, _ = est(w, task, key)

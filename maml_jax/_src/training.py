@@ -1,7 +1,7 @@
 """Meta-training with Optax: a jitted step, and many steps fused in one scan."""
 
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import chex
 import jax
@@ -15,9 +15,17 @@ from maml_jax._src import validation
 
 
 class TrainState(NamedTuple):
-  """Meta-training state: meta parameters, optimizer state, iteration count."""
+  """Meta-training state: meta parameters, optimizer state, iteration count.
+
+  Attributes:
+    params: the meta parameters w_0 (or a ``LearnedInnerLR``).
+    opt_state: the Optax optimizer's state (an ``optax.OptState``; annotated
+      ``Any`` because optax's own alias does not resolve outside optax, which
+      breaks the API reference build).
+    iteration: the number of meta-iterations done, an int32 scalar.
+  """
   params: base.Params
-  opt_state: optax.OptState
+  opt_state: Any
   iteration: chex.Array
 
 

@@ -1,0 +1,90 @@
+"""The built wheel holds the library alone and runs outside the repository."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# A meta-gradient and a train step through the installed package, run from a
+# folder that is not the repository, with nothing of the repository importable.
+_OUTSIDE = r"""
+import sys
+import jax, jax.numpy as jnp, optax
+import maml_jax as mj
+assert mj.__file__.startswith(sys.argv[1]), mj.__file__
+for name in ('experiments', 'benchmarks'):
+  try:
+    __import__(name)
+  except ModuleNotFoundError:
+    pass
+  else:
+    raise AssertionError(name + ' is importable')
+key = jax.random.PRNGKey(0)
+params = mj.models.init_sine_params(key)
+tasks = mj.tasks.sine_tasks(key, 4)
+est = mj.maml(mj.models.sine_loss, inner_lr=0.01, num_inner_steps=2)
+grads, aux = jax.jit(mj.meta_gradient, static_argnums=0)(est, params, tasks, key)
+assert int(aux.num_nonfinite) == 0
+opt = optax.adam(1e-3)
+state, metrics = mj.make_train_step(est, opt)(mj.init_train_state(params, opt), tasks, key)
+print('ok', float(metrics['loss_after']))
+"""
+
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory):
+  """Builds the wheel from a copy of what it is made of (the tree stays clean)."""
+  src = tmp_path_factory.mktemp('src')
+  for name in ('setup.py', 'setup.cfg', 'README.md'):
+    shutil.copy(REPO / name, src / name)
+  shutil.copytree(REPO / 'maml_jax', src / 'maml_jax',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  out = tmp_path_factory.mktemp('wheel')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+       '--no-cache-dir', '-q', '-w', str(out), str(src)],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  wheels = list(out.glob('maml_jax-*.whl'))
+  assert len(wheels) == 1, wheels
+  return wheels[0]
+
+
+def test_wheel_holds_the_library_alone(wheel):
+  with zipfile.ZipFile(wheel) as zf:
+    names = zf.namelist()
+    info = next(n for n in names if n.endswith('.dist-info/top_level.txt'))
+    assert zf.read(info).decode().split() == ['maml_jax']
+  tops = {n.split('/')[0] for n in names}
+  dist_info = [t for t in tops if t.endswith('.dist-info')]
+  assert len(dist_info) == 1 and tops == {'maml_jax', *dist_info}, tops
+  for module in ('maml_jax/__init__.py', 'maml_jax/nn.py', 'maml_jax/models.py',
+                 'maml_jax/tasks.py', 'maml_jax/_src/estimators.py'):
+    assert module in names
+  assert not any(n.startswith(('experiments/', 'benchmarks/', 'tests/'))
+                 for n in names)
+
+
+def test_wheel_runs_outside_the_repository(wheel, tmp_path):
+  """Installed on its own (its dependencies from this environment)."""
+  site = tmp_path / 'site'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-cache-dir',
+       '-q', '--target', str(site), str(wheel)],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  work = tmp_path / 'elsewhere'
+  work.mkdir()
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env['PYTHONPATH'] = str(site)
+  proc = subprocess.run([sys.executable, '-c', _OUTSIDE, str(site)], cwd=work,
+                        env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.startswith('ok'), proc.stdout

@@ -1,7 +1,9 @@
 """The built wheel holds the library alone and runs outside the repository."""
 
+import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -88,3 +90,32 @@ def test_wheel_runs_outside_the_repository(wheel, tmp_path):
                         check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.startswith('ok'), proc.stdout
+
+
+def _floors_module():
+  spec = importlib.util.spec_from_file_location('floors', REPO / '.ci' / 'floors.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# What makes a test module more than a library test: it imports or runs the
+# experiments, the benchmarks, PyTorch, or tools the floors venv does not have.
+_BEYOND_LIBRARY = re.compile(
+    r'^\s*(from|import)\s+(experiments|benchmarks|torch)\b'
+    r"|'-m', '(benchmarks|experiments|pdoc|pip)"
+    r"|benchmarks/|'pdoc'|'pip'|README", re.M)
+
+
+def test_floors_pin_install_requires_and_list_the_library_tests():
+  floors = _floors_module()
+  pins = floors.floor_pins()
+  assert {p.split('==')[0] for p in pins} >= {'jax', 'jaxlib', 'optax', 'flax',
+                                              'chex', 'numpy'}, pins
+  library = set(floors.LIBRARY_TESTS)
+  for path in sorted((REPO / 'tests').glob('test_*.py')):
+    name = path.relative_to(REPO).as_posix()
+    beyond = bool(_BEYOND_LIBRARY.search(path.read_text()))
+    assert (name in library) == (not beyond), (
+        f'{name}: .ci/floors.py LIBRARY_TESTS must list exactly the test '
+        'modules that use the library alone')

@@ -72,9 +72,6 @@ def _make_varying(tree, axis_name):
   devices. Outside shard_map (pmap, or shard_map without varying-axis types)
   there is nothing to mark.
   """
-  if not (hasattr(jax, 'typeof') and hasattr(jax.lax, 'pcast')):
-    return tree  # a JAX without varying-axis types: nothing to mark
-
   def cast(x):
     if axis_name in getattr(jax.typeof(x), 'vma', frozenset()):
       return x

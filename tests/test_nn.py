@@ -65,22 +65,25 @@ class ConvOpTest(parameterized.TestCase):
   @parameterized.named_parameters(*[(n, n) for n in CASES])
   def test_matches_lax_to_second_order(self, name):
     x, k, make_loss = _conv_case(name)
-    ours = make_loss(mj.nn.conv_general_dilated)
-    ref = make_loss(jax.lax.conv_general_dilated)
-    np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-12)
-    grads = jax.grad(ours, (0, 1))(x, k)
-    ref_grads = jax.grad(ref, (0, 1))(x, k)
-    for a, b in zip(grads, ref_grads):
-      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
-    # Second order: H v for v = (vx, vk), reverse over reverse.
     vx, vk = jnp.cos(x), jnp.sin(k)
 
-    def hvp(loss):
+    @functools.partial(jax.jit, static_argnums=4)
+    def orders(x, k, vx, vk, conv_is_ours):
+      # Value, gradient and, second order, H v for v = (vx, vk) (reverse
+      # over reverse), of the loss on one op or the other (one compile each).
+      loss = make_loss(mj.nn.conv_general_dilated if conv_is_ours
+                       else jax.lax.conv_general_dilated)
       g = jax.grad(loss, (0, 1))
-      return jax.grad(lambda a, b: sum(jnp.vdot(u, v) for u, v in
-                                       zip(g(a, b), (vx, vk))), (0, 1))(x, k)
+      hv = jax.grad(lambda a, b: sum(jnp.vdot(u, v) for u, v in
+                                     zip(g(a, b), (vx, vk))), (0, 1))(x, k)
+      return loss(x, k), g(x, k), hv
 
-    for a, b in zip(hvp(ours), hvp(ref)):
+    value, grads, hv = orders(x, k, vx, vk, True)
+    ref_value, ref_grads, ref_hv = orders(x, k, vx, vk, False)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    for a, b in zip(grads, ref_grads):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(hv, ref_hv):
       np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
 
   def test_backward_convolutions_are_canonical(self):

@@ -100,11 +100,12 @@ def _floors_module():
 
 
 # What makes a test module more than a library test: it imports or runs the
-# experiments, the benchmarks, PyTorch, or tools the floors venv does not have.
+# experiments, the benchmarks, PyTorch, the README, or tools the floors venv
+# does not have (pdoc, pip's wheel builder, a Jupyter kernel).
 _BEYOND_LIBRARY = re.compile(
     r'^\s*(from|import)\s+(experiments|benchmarks|torch)\b'
     r"|'-m', '(benchmarks|experiments|pdoc|pip)"
-    r"|benchmarks/|'pdoc'|'pip'|README", re.M)
+    r"|benchmarks/|'pdoc'|'pip'|README|^import nbclient", re.M)
 
 
 def test_floors_pin_install_requires_and_list_the_library_tests():

@@ -42,6 +42,8 @@ import optax
 
 import maml_jax as mj
 
+from experiments import stopping
+
 # The estimator names come from the library's registry.
 ALGORITHMS = mj.ESTIMATORS
 PAPER_ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml')
@@ -360,7 +362,11 @@ def initialize_distributed():
   warning.daemon = True
   warning.start()
   try:
-    jax.distributed.initialize(initialization_timeout=timeout, **args)
+    # A process that dies later is noticed by the others within the
+    # heartbeat timeout (JAX then ends them with a message).
+    jax.distributed.initialize(initialization_timeout=timeout,
+                               heartbeat_timeout_seconds=int(min(timeout, 100)),
+                               **args)
   except (ValueError, RuntimeError) as e:  # e.g. nothing to auto-detect
     raise DistributedError(f'jax.distributed.initialize failed: {e}') from None
   finally:
@@ -403,7 +409,11 @@ def cli_main(run):
   --noreuse_host_memory), ``apply_cpu_devices`` (--cpu_devices), then
   ``initialize_distributed``, which joins a multi-process run if the flags
   or the cluster environment ask for one; failing to join is one line too
-  (exit code 1).
+  (exit code 1). So is a run that cannot go on (``stopping.RunFailed``: a
+  failed write, processes that do not share the run folder), and a run
+  stopped by SIGTERM or Ctrl-C at a chunk boundary (``stopping.Preempted``)
+  prints the command that resumes it and exits with
+  ``stopping.PREEMPTED_EXIT_CODE`` (75).
   """
   def main(argv):
     prog = os.path.basename(sys.argv[0])
@@ -416,9 +426,12 @@ def cli_main(run):
     except app.UsageError as e:
       print(f'{prog}: error: {e}', file=sys.stderr)
       sys.exit(2)
-    except DistributedError as e:
+    except (DistributedError, stopping.RunFailed) as e:
       print(f'{prog}: error: {e}', file=sys.stderr)
       sys.exit(1)
+    except stopping.Preempted as e:
+      print(f'{prog}: {e}', file=sys.stderr)
+      sys.exit(stopping.PREEMPTED_EXIT_CODE)
   return main
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 import maml_jax as mj
 from experiments import rundir
+from experiments import stopping
 
 
 class Chunk(NamedTuple):
@@ -163,6 +164,38 @@ def restore(checkpointer, step, checkpoints, states, train_keys):
   return states, tree['train_keys'], int(tree['iteration']), wall
 
 
+def _first_line(error):
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'.rstrip(': ')
+
+
+def restore_newest_good(checkpointer, checkpoints, states, train_keys):
+  """``restore`` of the newest checkpoint that can be restored, or None.
+
+  A checkpoint that cannot be read back (cut off by a full disk or a kill in
+  a way Orbax's atomic rename did not catch, corrupted, deleted in part) is
+  named in a warning, and the previous one is tried. Raises
+  ``stopping.RunFailed`` when there are checkpoints and none restores.
+  """
+  steps = sorted(checkpointer.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      return restore(checkpointer, step, checkpoints, states, train_keys)
+    except Exception as e:  # pylint: disable=broad-except
+      after = (f'; falling back to checkpoint {steps[i + 1]}'
+               if i + 1 < len(steps) else '')
+      message = (f'warning: checkpoint {step} in {checkpointer.directory!r} '
+                 f'cannot be restored ({_first_line(e)}){after}')
+      logging.warning(message)
+      stopping.say(message)
+  if steps:
+    raise stopping.RunFailed(
+        f'--resume: none of the checkpoints {steps} in '
+        f'{checkpointer.directory!r} can be restored; start the run again '
+        '(without --resume, or with another --run_name)')
+  return None
+
+
 def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
                eval_every, resume, num_seeds, chunk_hook=None, mesh=None):
   """Trains ``states`` to ``num_iterations`` in chunks, with checkpoints.
@@ -189,13 +222,35 @@ def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
     states, train_keys = mj.replicate((states, train_keys), mesh)
   wall = {a: 0.0 for a in states}
   iteration = 0
+  saved = None  # the iteration of the newest checkpoint written or restored
+  command = stopping.resume_command(run_dir.path)
+
+  def kept():
+    if saved is None:
+      return 'No checkpoint was written yet: start the run again.'
+    return (f'The checkpoint of iteration {saved} is kept; resume with: '
+            f'{command}')
+
+  def write(what, fn):
+    """``fn()``: a write of the run's files; a failure ends the run in one line."""
+    try:
+      with stopping.Deadline(what, where=kept):
+        fn()
+    except Exception as e:  # pylint: disable=broad-except
+      raise stopping.RunFailed(
+          f'{what} failed in {run_dir.path!r}: {_first_line(e)}. '
+          f'{kept()}') from e
+
   checkpointer = rundir.Checkpointer(run_dir.file('checkpoints'))
+  stops = stopping.StopRequests(on_exit_now=kept)
   try:
-    step = checkpointer.latest_step() if resume else None
-    if step is not None:
-      states, train_keys, iteration, saved_wall = restore(
-          checkpointer, step, hooks.checkpoints, states, train_keys)
-      run_dir.truncate(iteration)
+    stops.__enter__()
+    restored = (restore_newest_good(checkpointer, hooks.checkpoints, states,
+                                    train_keys) if resume else None)
+    if restored is not None:
+      states, train_keys, iteration, saved_wall = restored
+      saved = iteration
+      write('writing the metrics', lambda: run_dir.truncate(iteration))
       if saved_wall is not None:
         wall = saved_wall
       else:
@@ -204,12 +259,12 @@ def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
             wall[r['algorithm']] = r['wall_time']
       logging.info('resumed %s at iteration %d', run_dir.path, iteration)
     else:
-      run_dir.truncate(-1)
+      write('writing the metrics', lambda: run_dir.truncate(-1))
 
     if iteration == 0:
       for algorithm, state in states.items():
         run_dir.append(hooks.rows(algorithm, 0, state, wall[algorithm], None))
-      run_dir.flush()
+      write('writing the metrics', run_dir.flush)
 
     chunk_times = {a: [] for a in states}
     start_iteration, start_time = iteration, None
@@ -231,9 +286,12 @@ def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
         run_dir.append(rows)
         parts.append(hooks.describe(algorithm, rows, chunk))
       iteration += length
-      run_dir.flush()
-      checkpointer.save(iteration, checkpoint_tree(
-          hooks.checkpoints, states, train_keys, iteration, wall))
+      write(f'writing the metrics of iteration {iteration}', run_dir.flush)
+      tree = checkpoint_tree(hooks.checkpoints, states, train_keys, iteration,
+                             wall)
+      write(f'the checkpoint of iteration {iteration}',
+            lambda: checkpointer.save(iteration, tree))  # pylint: disable=cell-var-from-loop
+      saved = iteration
       # Rate over the chunks after the first (which includes compilation).
       if start_time is None:
         rate = length / max(time.time() - chunk_start, 1e-9)
@@ -249,7 +307,17 @@ def train_loop(hooks, run_dir, states, train_keys, *, num_iterations,
           ' | '.join(parts))
       if chunk_hook is not None:
         chunk_hook(iteration)
+      with stopping.Deadline('sharing the stop requests', where=kept):
+        stop = stopping.any_process(stops.requested is not None)
+      if stop and iteration < num_iterations:
+        why = (stopping.signal_name(stops.requested) if stops.requested
+               else 'a stop request of another process')
+        raise stopping.Preempted(
+            f'stopped by {why} after iteration {iteration} of '
+            f'{num_iterations}, checkpoint saved in {run_dir.path!r}; resume '
+            f'with: {command}')
   finally:
+    stops.__exit__(None, None, None)
     checkpointer.close()
 
   seconds_per_iteration = {}

@@ -35,6 +35,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from experiments import stopping
+
 FLAGS = flags.FLAGS
 
 _VERSIONED = ('jax', 'jaxlib', 'optax', 'flax', 'chex', 'numpy', 'absl-py',
@@ -120,6 +122,45 @@ def json_scalar(value):
   return value if math.isfinite(value) else None
 
 
+SHARED_CHECK_FILE = '.processes_see_this_folder'
+
+
+def check_shared_folder(path):
+  """Raises ``stopping.RunFailed`` unless every process sees ``path`` as one folder.
+
+  Process 0 writes a token (a random number it shares with the others) into
+  ``path``; every process reads it back. Orbax's checkpoints need a folder
+  that all processes see; without this check, processes with a local folder
+  each would wait for each other at the first checkpoint forever. A no-op
+  with one process.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  token_file = os.path.join(path, SHARED_CHECK_FILE)
+  with stopping.Deadline(f'the check that every process sees {path!r}'):
+    mine = np.asarray(np.random.SeedSequence().entropy % (2**31 - 1), np.int32)
+    token = str(int(multihost_utils.broadcast_one_to_all(mine)))
+    atomic_write_text(token_file, token)
+    sync_processes('rundir.shared_check.written')
+    try:
+      with open(token_file) as f:
+        seen = f.read().strip() == token
+    except OSError:
+      seen = False
+    seen_by = np.asarray(multihost_utils.process_allgather(
+        np.asarray(seen, np.int32))).reshape(-1)
+  if is_writer() and os.path.exists(token_file):
+    os.remove(token_file)
+  blind = [i for i, s in enumerate(seen_by) if not s]
+  if blind:
+    raise stopping.RunFailed(
+        f'process(es) {", ".join(map(str, blind))} of {len(seen_by)} do not see '
+        f'the run folder {path!r} that process 0 created: --workdir must be '
+        'one folder that every process sees (a shared file system: NFS, a '
+        'mounted bucket), not a local folder on each host')
+
+
 class RunDir:
   """One run's folder: config.json, metrics.jsonl/.csv, summary, TensorBoard.
 
@@ -163,8 +204,10 @@ class RunDir:
     if not resume and os.path.exists(os.path.join(path, 'metrics.jsonl')):
       raise app.UsageError(f'{path!r} already holds a run: pass --resume or '
                            'another --run_name')
-    sync_processes('rundir.create')
+    with stopping.Deadline(f'creating the run folder {path!r}'):
+      sync_processes('rundir.create')
     os.makedirs(path, exist_ok=True)
+    check_shared_folder(path)
     rows = []
     metrics = os.path.join(path, 'metrics.jsonl')
     if resume and os.path.exists(metrics):
@@ -293,13 +336,18 @@ class Checkpointer:
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     quiet_orbax()
     self._ocp = ocp
+    self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              create=True))
 
   def latest_step(self):
     return self._manager.latest_step()
+
+  def all_steps(self):
+    """The steps of every complete checkpoint (a save cut off is not one)."""
+    return list(self._manager.all_steps())
 
   def save(self, step, tree):
     self._manager.save(step, args=self._ocp.args.StandardSave(tree))

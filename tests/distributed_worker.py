@@ -10,10 +10,12 @@ training (``training.run_experiment`` of its problem: metrics, checkpoints,
 --resume; not its final curves and pictures, to keep CI short) and this
 process's final meta parameters go to DIR/params_<process index>.npz.
 ``--stop_after=K`` ends the process abruptly (``os._exit``) right after the
-checkpoint of iteration K, like a killed job.
+checkpoint of iteration K, like a killed job; ``--sigterm_after=K`` sends
+this process a SIGTERM there instead, as a scheduler's preemption would.
 """
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +32,8 @@ from experiments import training  # pylint: disable=g-import-not-at-top,wrong-im
 
 flags.DEFINE_string('params_out', None, 'Folder of the params_<i>.npz files.')
 flags.DEFINE_integer('stop_after', 0, 'Exit abruptly after this checkpoint.')
+flags.DEFINE_integer('sigterm_after', 0,
+                     'Send this process SIGTERM after this checkpoint.')
 FLAGS = flags.FLAGS
 KILLED = 3
 
@@ -63,6 +67,10 @@ def run(argv):
       if iteration >= FLAGS.stop_after:
         sys.stdout.flush()
         os._exit(KILLED)  # no cleanup, as a kill
+  elif FLAGS.sigterm_after:
+    def hook(iteration):
+      if iteration == FLAGS.sigterm_after:
+        os.kill(os.getpid(), signal.SIGTERM)
   result = train_sine(chunk_hook=hook)
   np.savez(os.path.join(FLAGS.params_out,
                         f'params_{jax.process_index()}.npz'),

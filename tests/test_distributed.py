@@ -2,16 +2,17 @@
 
 Two processes with 2 forced CPU devices each run 3 meta-iterations of sine
 MAML and GGS-MAML through a launcher command line (tests/distributed_worker.py:
-``config.cli_main`` and the sine launcher's training); the run is killed
-after the checkpoint of iteration 2 and resumed. Both processes must end
-with identical parameters, equal to a 1-process run on this process's 4
-devices (tests/conftest.py) with the same seed. Every subprocess has a
-timeout, so a hang fails the test instead of blocking CI.
+``config.cli_main`` and the sine launcher's training); process 1 alone gets
+a SIGTERM (a preemption) after the checkpoint of iteration 2, both stop
+there, and the run is resumed. Both processes must end with identical
+parameters, equal to a 1-process run on this process's 4 devices
+(tests/conftest.py) with the same seed. Every subprocess has a timeout, so a
+hang fails the test instead of blocking CI. More failures (dead processes,
+folders that are not shared): tests/test_faults.py.
 """
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,11 +28,14 @@ from experiments import config
 from experiments import plotting
 from experiments import rundir
 from experiments import sine
+from experiments import stopping
+from launcher_util import free_port
+from launcher_util import REPO
 from launcher_util import run_launcher
+from launcher_util import run_processes
+from launcher_util import WORKER
 import distributed_worker
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(REPO, 'tests', 'distributed_worker.py')
 FLAGS = flags.FLAGS
 SINE_ARGS = ['--algorithms=maml,ggs_maml', '--seeds=0', '--tasks_per_batch=4',
              '--num_iterations=3', '--eval_every=1', '--num_test_tasks=4',
@@ -40,47 +44,15 @@ SINE_ARGS = ['--algorithms=maml,ggs_maml', '--seeds=0', '--tasks_per_batch=4',
 TIMEOUT = 240  # seconds for one pair of processes (compiles on 2 busy cores)
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def run_processes(commands, timeout=TIMEOUT, cache=None):
-  """Runs the commands at once; ``[(returncode, output)]``; kills on timeout.
-
-  ``cache``: a persistent compilation cache folder, so that a second pair of
-  processes reuses the first pair's compiled programs.
-  """
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             PYTHONUNBUFFERED='1')
-  if cache is not None:
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-           for c in commands]
-  deadline = time.monotonic() + timeout
-  out = []
-  try:
-    for p in procs:
-      text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-      out.append((p.returncode, text))
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-    pytest.fail(f'processes still running after {timeout} s: '
-                + ' | '.join(str(c[2:]) for c in commands))
-  return out
-
-
-def two_processes(args, tmp_path):
+def two_processes(args, tmp_path, per_process=((), ())):
+  """Both processes of a run; ``per_process[i]``: flags of process i only."""
   port = free_port()
   return run_processes([
       [sys.executable, WORKER, f'--params_out={tmp_path}',
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
        f'--process_id={i}', '--distributed_timeout=60'] + args
-      for i in range(2)], cache=tmp_path / 'jax_cache')
+      + list(per_process[i])
+      for i in range(2)], timeout=TIMEOUT, cache=tmp_path / 'jax_cache')
 
 
 def one_process_reference(args):
@@ -95,12 +67,16 @@ def one_process_reference(args):
     flagsaver.restore_flag_values(saved)
 
 
-def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
+def test_two_processes_preempted_and_resumed_equal_one_process(tmp_path):
   workdir = tmp_path / 'two'
   args = SINE_ARGS + [f'--workdir={workdir}', '--run_name=run']
-  killed = two_processes(args + ['--stop_after=2'], tmp_path)
-  for code, text in killed:
-    assert code != 0, text[-3000:]
+  stopped = two_processes(args, tmp_path,
+                          per_process=((), ['--sigterm_after=2']))
+  for code, text in stopped:  # both stop at the same iteration, cleanly
+    assert code == stopping.PREEMPTED_EXIT_CODE, text[-3000:]
+    assert 'after iteration 2 of 3' in text and '--resume' in text, text[-3000:]
+  assert 'stopped by SIGTERM' in stopped[1][1]
+  assert 'stopped by a stop request of another process' in stopped[0][1]
   run = workdir / 'run'
   assert '2' in os.listdir(run / 'checkpoints')
   rows = [json.loads(line) for line in open(run / 'metrics.jsonl')]

@@ -353,7 +353,7 @@ def initialize_distributed():
     _wait_for_coordinator(args['coordinator_address'], timeout)
   logging.info('%s: joining the run (coordinator %s, timeout %d s)', who,
                args.get('coordinator_address', 'auto-detected'), timeout)
-  prog = os.path.basename(sys.argv[0])
+  prog = stopping.program_name()
   warning = threading.Timer(
       max(timeout - 1.0, 0.8 * timeout), lambda: print(
           f'{prog}: error: {who}: not every process joined the run within '
@@ -416,7 +416,7 @@ def cli_main(run):
   ``stopping.PREEMPTED_EXIT_CODE`` (75).
   """
   def main(argv):
-    prog = os.path.basename(sys.argv[0])
+    prog = stopping.program_name()
     try:
       if 'reuse_host_memory' not in FLAGS or FLAGS.reuse_host_memory:
         reuse_host_memory()

@@ -303,22 +303,24 @@ class RunDir:
     self._tb.flush()
 
 
-class _DropInfoFrom:
-  """Logging filter: drops INFO records of one library (Orbax is chatty)."""
+class _DropFrom:
+  """Logging filter: drops one library's records below a level (default: INFO and below)."""
 
-  def __init__(self, marker):
+  def __init__(self, marker, below=21):
     self.marker = marker
+    self.below = below
 
   def filter(self, record):
-    return (record.levelno > 20  # logging.INFO
+    return (record.levelno >= self.below
             or self.marker not in (record.pathname or ''))
+
 
 
 def quiet_orbax():
   """Hides Orbax's per-save INFO lines from the absl log (idempotent)."""
   handler = logging.get_absl_handler()
-  if not any(isinstance(f, _DropInfoFrom) for f in handler.filters):
-    handler.addFilter(_DropInfoFrom(os.sep + 'orbax' + os.sep))
+  if not any(isinstance(f, _DropFrom) for f in handler.filters):
+    handler.addFilter(_DropFrom(os.sep + 'orbax' + os.sep))
 
 
 class Checkpointer:
@@ -350,8 +352,21 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step, tree):
-    self._manager.save(step, args=self._ocp.args.StandardSave(tree))
-    self._manager.wait_until_finished()
+    """Saves ``tree`` as ``step`` and waits until it is complete.
+
+    A failed save raises (Orbax reports a full disk as ``ValueError:
+    RESOURCE_EXHAUSTED ...``) and leaves the previous checkpoint the newest.
+    Orbax's own error logs of its writer threads (a traceback per thread)
+    are held back meanwhile: the caller reports the failure in one line.
+    """
+    handler = logging.get_absl_handler()
+    hold = _DropFrom(os.sep + 'orbax' + os.sep, below=50)  # Python's CRITICAL
+    handler.addFilter(hold)
+    try:
+      self._manager.save(step, args=self._ocp.args.StandardSave(tree))
+      self._manager.wait_until_finished()
+    finally:
+      handler.removeFilter(hold)
 
   def restore(self, step, like):
     """Restores ``step`` into the structure, dtypes and placement of ``like``.

@@ -45,10 +45,18 @@ def signal_name(signum):
     return f'signal {signum}'
 
 
+def program_name():
+  """'experiments.rl' for ``python -m experiments.rl``, else the script's name."""
+  argv = list(getattr(sys, 'orig_argv', None) or ())
+  if '-m' in argv[:-1]:
+    return argv[argv.index('-m') + 1]
+  return os.path.basename(sys.argv[0])
+
+
 def say(text):
+  """One line on stderr, prefixed with the program's name."""
   try:
-    print(f'{os.path.basename(sys.argv[0])}: {text}', file=sys.stderr,
-          flush=True)
+    print(f'{program_name()}: {text}', file=sys.stderr, flush=True)
   except (OSError, ValueError):  # stderr closed or full: nothing to do
     pass
 

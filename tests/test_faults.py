@@ -62,6 +62,12 @@ def rows_of(run):
 
 
 @pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  """One persistent compilation cache for every launcher process of the module."""
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+@pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   """An uninterrupted run: its metric rows and final parameters."""
   workdir = tmp_path_factory.mktemp('reference')
@@ -97,32 +103,31 @@ def test_sigterm_stops_after_the_chunk_and_resume_is_exact(tmp_path, reference):
 
 
 def test_the_command_line_stops_with_code_75_and_prints_the_resume_command(
-    tmp_path, reference):
+    tmp_path, reference, cache):
   command = [sys.executable, WORKER, f'--params_out={tmp_path}'] + ARGS + [
       f'--workdir={tmp_path}', '--run_name=run',
       f'--num_iterations={ITERATIONS}', '--sigterm_after=1']
-  [(code, text)] = run_processes([command], timeout=TIMEOUT,
-                                 cache=tmp_path / 'cache')
+  [(code, text)] = run_processes([command], timeout=TIMEOUT, cache=cache)
   assert code == stopping.PREEMPTED_EXIT_CODE, text[-3000:]
   [line] = [l for l in text.splitlines() if 'resume with: ' in l]
   assert 'stopped by SIGTERM after iteration 1 of 4' in line
   resume = shlex.split(line.split('resume with: ', 1)[1])
   assert resume[0] == 'python' and resume[-2:] == ['--run_name=run', '--resume']
   [(code, text)] = run_processes([[sys.executable] + resume[1:]],
-                                 timeout=TIMEOUT, cache=tmp_path / 'cache')
+                                 timeout=TIMEOUT, cache=cache)
   assert code == 0, text[-3000:]
   assert 'resumed' in text and 'at iteration 1' in text
   params = dict(np.load(tmp_path / 'params_0.npz'))
   assert_exact(tmp_path / 'run', reference, params)
 
 
-def test_a_second_signal_exits_at_once(tmp_path):
+def test_a_second_signal_exits_at_once(tmp_path, cache):
   # One long compiled chunk: the first Ctrl-C waits for its end, the second
   # must not.
   command = [sys.executable, WORKER, f'--params_out={tmp_path}'] + ARGS + [
       f'--workdir={tmp_path}', '--run_name=run', '--num_iterations=2000000',
       '--eval_every=1000000']
-  proc = start(command)
+  proc = start(command, cache)
   try:
     metrics = tmp_path / 'run' / 'metrics.jsonl'
     deadline = time.monotonic() + TIMEOUT
@@ -221,43 +226,65 @@ def test_a_torn_newest_checkpoint_falls_back_to_the_previous(
     train(tmp_path, '--resume', '--num_iterations=5')
 
 
+def last_logged(metrics):
+  """The last iteration in a metrics.jsonl (-1 before any)."""
+  try:
+    with open(metrics) as f:
+      return max((json.loads(line)['iteration'] for line in f if line.strip()),
+                 default=-1)
+  except OSError:
+    return -1
+
+
 def test_kill_9_at_random_points_then_resume_gives_the_same_metrics(
-    tmp_path, reference):
+    tmp_path, tmp_path_factory, cache):
+  iterations = 12
+  reference_dir = tmp_path_factory.mktemp('reference_12')
+  reference_params = distributed_worker.flat_params(
+      train(reference_dir, f'--num_iterations={iterations}').states)
   command = [sys.executable, WORKER, f'--params_out={tmp_path}'] + ARGS + [
       f'--workdir={tmp_path}', '--run_name=run',
-      f'--num_iterations={ITERATIONS}']
+      f'--num_iterations={iterations}']
+  metrics = tmp_path / 'run' / 'metrics.jsonl'
   rng = random.Random(0)
-  cache = tmp_path / 'cache'
-  kills = 0
+  kills = []
   for attempt in range(8):
-    resume = ['--resume'] if (tmp_path / 'run' / 'metrics.jsonl').exists() else []
-    proc = start(command + resume, cache)
-    if attempt < 3:  # three kills at random points, then run to the end
-      time.sleep(rng.uniform(2.0, 12.0))
+    proc = start(command + (['--resume'] if metrics.exists() else []), cache)
+    if attempt < 3:  # three kills at random points of the loop, then the end
+      # Once a random iteration ahead is logged, a random fraction of a
+      # chunk later: mid-chunk, mid-metrics write or mid-checkpoint.
+      target = (kills[-1] if kills else 0) + rng.randint(1, 3)
+      deadline = time.monotonic() + TIMEOUT
+      while last_logged(metrics) < target:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+      time.sleep(rng.uniform(0.0, 0.3))
       if proc.poll() is None:
         proc.kill()
-        kills += 1
+        kills.append(last_logged(metrics))
     text, _ = proc.communicate(timeout=TIMEOUT)
     if proc.returncode == 0:
       break
     assert proc.returncode == -signal.SIGKILL, text[-3000:]
-  assert proc.returncode == 0 and kills >= 1, text[-3000:]
+  assert proc.returncode == 0 and len(kills) >= 2, (kills, text[-3000:])
   params = dict(np.load(tmp_path / 'params_0.npz'))
-  assert_exact(tmp_path / 'run', reference, params)
+  assert_exact(tmp_path / 'run', (rows_of(reference_dir / 'run'),
+                                  reference_params), params)
 
 
-def two_processes(tmp_path, workdirs, extra=()):
+def two_processes(tmp_path, cache, workdirs, extra=()):
   port = free_port()
   return [start([sys.executable, WORKER, f'--params_out={tmp_path}',
                  f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
                  f'--process_id={i}', '--distributed_timeout=15'] + ARGS + [
                      f'--workdir={workdirs[i]}', '--run_name=run'] + list(extra),
-                cache=tmp_path / 'cache') for i in range(2)]
+                cache=cache) for i in range(2)]
 
 
-def test_processes_that_do_not_share_the_workdir_stop_with_a_clear_error(tmp_path):
+def test_processes_that_do_not_share_the_workdir_stop_with_a_clear_error(
+    tmp_path, cache):
   began = time.monotonic()
-  procs = two_processes(tmp_path, [tmp_path / 'host0', tmp_path / 'host1'],
+  procs = two_processes(tmp_path, cache, [tmp_path / 'host0', tmp_path / 'host1'],
                         ['--num_iterations=2'])
   out = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
   assert time.monotonic() - began < 60 + 60  # startup on a busy CPU + 60 s
@@ -268,8 +295,8 @@ def test_processes_that_do_not_share_the_workdir_stop_with_a_clear_error(tmp_pat
   assert not (tmp_path / 'host0' / 'run' / 'checkpoints').exists()
 
 
-def test_a_dead_process_makes_the_other_exit_with_a_message(tmp_path):
-  procs = two_processes(tmp_path, [tmp_path, tmp_path],
+def test_a_dead_process_makes_the_other_exit_with_a_message(tmp_path, cache):
+  procs = two_processes(tmp_path, cache, [tmp_path, tmp_path],
                         ['--num_iterations=100000'])
   try:
     deadline = time.monotonic() + TIMEOUT

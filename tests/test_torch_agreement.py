@@ -1,4 +1,4 @@
-"""maml_jax meta-gradients agree with the PyTorch reference (benchmarks/torch_reference.py).
+"""maml_jax meta-gradients agree with the PyTorch reference (benchmarks/torch_reference/).
 
 Both sides get the same initial parameters, task data and Gaussian directions:
 the directions are the ones maml_jax draws (``mj.task_keys`` and

@@ -14,6 +14,7 @@ nothing.
 
 import json
 import os
+import subprocess
 
 from absl import app
 from absl import flags
@@ -21,6 +22,23 @@ from absl import flags
 from benchmarks import configs
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def git_commit():
+  """The short commit of this checkout, recorded in every results file.
+
+  ``'<commit> (maml_jax/ modified)'`` when the library has uncommitted
+  changes; None outside a git checkout or without git.
+  """
+  repo = os.path.dirname(_HERE)
+  try:
+    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                         text=True, check=True, cwd=repo)
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'maml_jax'],
+                           capture_output=True, text=True, check=False, cwd=repo)
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return out.stdout.strip() + (' (maml_jax/ modified)' if dirty.stdout.strip() else '')
 
 
 def _fmt(x, digits=2):

@@ -48,7 +48,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -104,19 +103,6 @@ _CPU_DEVICES = flags.DEFINE_integer(
 _FAST_COMPILE = flags.DEFINE_bool(
     'fast_compile', None,
     'Compile with XLA backend optimizations off (default: only with --quick).')
-
-
-def _git_commit():
-  try:
-    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                         text=True, check=False,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'maml_jax'],
-                           capture_output=True, text=True, check=False,
-                           cwd=os.path.dirname(os.path.abspath(__file__)))
-    return out.stdout.strip() + (' (maml_jax/ modified)' if dirty.stdout.strip() else '')
-  except OSError:
-    return None
 
 
 def config_from_flags():
@@ -184,7 +170,7 @@ def run_benchmarks(cfg):
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M'),
       'wall_s': time.time() - t_start,
       'section_s': section_s,
-      'git_commit': _git_commit(),
+      'git_commit': report.git_commit(),
       'jax': jax.__version__, 'torch': torch.__version__,
       'jax_devices': f'{dev.platform}: {getattr(dev, "device_kind", "")} '
                      f'x{jax.device_count()}',

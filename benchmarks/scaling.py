@@ -233,16 +233,6 @@ def markdown(res):
   return '\n'.join(lines) + '\n'
 
 
-def _commit():
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
-                          capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__))
-                          ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
-
-
 def main(argv):
   del argv
   if _WORKER.value:
@@ -273,7 +263,7 @@ def main(argv):
                          'over the device counts')
   meta.update(
       date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
-      commit=_commit(), wall_s=time.time() - start,
+      commit=report.git_commit(), wall_s=time.time() - start,
       machine=f'{platform.machine()}, {os.cpu_count()} CPU threads, load '
       f'{os.getloadavg()[0]:.1f} at the end',
       python=platform.python_version(), command=' '.join(sys.argv))

@@ -352,14 +352,6 @@ def estimator(loss_fn: base.LossFn,
   return _explicit_product(s, hvp)
 
 
-_COMMON_DOC = """
-  Common arguments (see ``estimator``): ``inner_lr`` (a number, data, or None
-  to take the step sizes from a ``LearnedInnerLR`` passed as params),
-  ``num_inner_steps``, ``sampler``, ``remat``, ``keep_batches``, ``has_aux``,
-  ``loss_before``.
-"""
-
-
 def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
          sampler: base.Sampler = None, remat=False,
          backprop: str = 'auto', keep_batches: bool = False,
@@ -376,7 +368,9 @@ def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
       forward-over-reverse Hessian-vector products) or 'auto' (autodiff when
       ``task.hessian`` is None, else product). In the finite-sum case both
       agree to float precision, step-size gradients included.
-    **common: see ``estimator``.
+    inner_lr, num_inner_steps, sampler, remat, keep_batches, has_aux,
+      loss_before: as ``estimator`` (``inner_lr`` None takes the step sizes
+      from a ``LearnedInnerLR`` passed as params).
 
   Returns:
     ``est(params, task, key) -> (meta_grads, EstimatorAux)``.

@@ -93,7 +93,13 @@ def exact_hvp(loss_fn: base.LossFn, *, mode: str = 'auto') -> base.HvpOracle:
 
 
 def no_hvp(loss_fn: base.LossFn) -> base.HvpOracle:
-  """The zero Hessian of first-order MAML (FO-MAML): H v = 0."""
+  """The zero Hessian of first-order MAML (FO-MAML): H v = 0.
+
+  ``estimator(loss_fn, no_hvp(loss_fn), ...)`` gives FO-MAML's meta-gradient
+  through the explicit product recursion (useful to compare oracles in one
+  code path); ``fo_maml`` passes ``hvp=None`` instead, which skips the
+  recursion and its memory.
+  """
   del loss_fn
 
   def hvp(params, batch, v, key):

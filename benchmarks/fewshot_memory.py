@@ -71,33 +71,6 @@ def measure(algorithm, num_inner_steps, remat, **kwargs):
   return out
 
 
-def markdown(result):
-  steps = result['steps']
-  lines = [
-      '# Few-shot conv net: peak memory of one task\'s meta-gradient vs N',
-      '',
-      f'- Command: `{result["command"]}`',
-      f'- Date (UTC): {result["date"]}; JAX {result["jax"]} on '
-      f'{result["backend"]}; conv_impl {result["conv_impl"]}',
-      f'- Conv net with {result["filters"]} filters ({result["num_params"]} '
-      f'parameters), {result["ways"]}-way {result["shots"]}-shot, '
-      f'{result["query_shots"]} query images per class, b = '
-      f'{result["num_directions"]} (GGS-MAML).',
-      '- MiB = XLA buffer assignment of the jitted one-task meta-gradient '
-      '(arguments + outputs + temporaries - aliased).',
-      '',
-      '| estimator | ' + ' | '.join(f'N={n}' for n in steps) + ' |',
-      '|---|' + '---|' * len(steps)]
-  for label, values in result['peak_mib'].items():
-    lines.append(f'| {label} | ' + ' | '.join(f'{v:.1f}' for v in values)
-                 + ' |')
-  if result.get('targets'):
-    lines += ['', '| target | measured | met |', '|---|---|---|']
-    for name, t in result['targets'].items():
-      lines.append(f'| {name} | {t["measured"]:.2f} | {t["met"]} |')
-  return '\n'.join(lines) + '\n'
-
-
 def main(argv):
   del argv
   steps = [int(s) for s in FLAGS.steps]
@@ -144,8 +117,7 @@ def main(argv):
       targets[f'{algorithm} + remat: N=50 / N=5 <= 3'] = {
           'measured': ratio, 'met': bool(ratio <= 3.0)}
   result['targets'] = targets
-  report.save_json_and_markdown(result, markdown(result), FLAGS.out_dir,
-                                FLAGS.name)
+  report.save_json_and_markdown(result, FLAGS.out_dir, FLAGS.name)
 
 
 if __name__ == '__main__':

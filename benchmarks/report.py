@@ -5,9 +5,10 @@
     python -m benchmarks.report latest                # benchmarks/results/latest.json
 
 Writes ``<stem>.md`` (and, with ``--plots``, the PNG plots) next to the JSON or
-in ``--out_dir``, and prints the markdown. ``python -m benchmarks.run`` writes
-its report with these same functions after measuring, so a report rebuilt from
-a run's JSON is the one that run wrote. Only the JSON is read: this module
+in ``--out_dir``, and prints the markdown. ``python -m benchmarks.run``,
+``benchmarks.scaling`` and ``benchmarks.fewshot_memory`` write their reports
+with these same functions after measuring (one table writer, ``table``), so a
+report rebuilt from a run's JSON is the one that run wrote. Only the JSON is read: this module
 imports neither PyTorch nor JAX (matplotlib only for the plots) and measures
 nothing.
 """
@@ -47,6 +48,12 @@ def _fmt(x, digits=2):
   if isinstance(x, float):
     return f'{x:.{digits}f}'
   return str(x)
+
+
+def table(header, rows):
+  """Markdown table lines: ``header`` cells, then a line per row of cells."""
+  return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+          + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
 
 
 def cfg_rounds(results):
@@ -286,6 +293,79 @@ def convnet_markdown(conv):
   return lines
 
 
+def scaling_markdown(res):
+  """The report of ``benchmarks.scaling`` (its JSON ``res``): tasks/s over devices."""
+  s = res['settings']
+  lines = [
+      f"# Scaling over tasks: {res['meta']['backend']} "
+      f"({res['meta']['device_kind']})", '',
+      f"Sine MAML-family meta-training, {s['tasks_per_batch']} tasks per batch "
+      f"split over the devices of all processes (`mj.task_mesh()`), "
+      f"N = {s['num_inner_steps']}, b = {s['num_directions']}, "
+      f"{s['iterations']} meta-iterations per fused call, median of "
+      f"{s['repeats']} calls. Machine: {res['meta']['machine']}. "
+      f"{res['meta']['date']}, commit {res['meta']['commit']}.", '']
+  rows = []
+  for algorithm in s['algorithms']:
+    base = next((r['results'][algorithm]['tasks_per_second']
+                 for r in res['rows']
+                 if r['processes'] == 1 and r['devices'] == 1), None)
+    for r in res['rows']:
+      m = r['results'][algorithm]
+      ratio = f"{m['tasks_per_second'] / base:.2f}x" if base else '-'
+      rows.append([algorithm, r['processes'],
+                   f"{r['devices']} ({r['devices'] // r['processes']})",
+                   f"{m['ms_per_iteration']:.1f}", f"{m['tasks_per_second']:.0f}",
+                   ratio, f"{m['compile_s']:.1f}"])
+  lines += table(['algorithm', 'processes', 'devices (per process)', 'ms / iteration',
+                  'tasks / s', 'vs 1 device, 1 process', 'compile s'], rows)
+  if s['platform'] == 'cpu':
+    lines += ['', 'Forced host devices (`--xla_force_host_platform_device_'
+              'count`) share this machine\'s CPU cores: a ratio above 1 is '
+              'XLA using more of the cores at once (bounded by their number, '
+              'not by the device count); across processes each all-reduce '
+              'goes through gloo over TCP on 127.0.0.1. Not a measure of '
+              'real devices\' speedup.']
+  return '\n'.join(lines)
+
+
+def fewshot_memory_markdown(result):
+  """The report of ``benchmarks.fewshot_memory`` (its JSON ``result``): MiB vs N."""
+  steps = result['steps']
+  lines = [
+      '# Few-shot conv net: peak memory of one task\'s meta-gradient vs N',
+      '',
+      f'- Command: `{result["command"]}`',
+      f'- Date (UTC): {result["date"]}; JAX {result["jax"]} on '
+      f'{result["backend"]}; conv_impl {result["conv_impl"]}',
+      f'- Conv net with {result["filters"]} filters ({result["num_params"]} '
+      f'parameters), {result["ways"]}-way {result["shots"]}-shot, '
+      f'{result["query_shots"]} query images per class, b = '
+      f'{result["num_directions"]} (GGS-MAML).',
+      '- MiB = XLA buffer assignment of the jitted one-task meta-gradient '
+      '(arguments + outputs + temporaries - aliased).',
+      '']
+  lines += table(['estimator'] + [f'N={n}' for n in steps],
+                 [[label] + [f'{v:.1f}' for v in values]
+                  for label, values in result['peak_mib'].items()])
+  if result.get('targets'):
+    lines += [''] + table(['target', 'measured', 'met'],
+                          [[name, f'{t["measured"]:.2f}', t['met']]
+                           for name, t in result['targets'].items()])
+  return '\n'.join(lines)
+
+
+def report_markdown(results):
+  """The report of any results JSON: ``benchmarks.run``'s (``markdown``),
+  ``benchmarks.scaling``'s or ``benchmarks.fewshot_memory``'s, told apart by
+  their keys."""
+  if 'peak_mib' in results:
+    return fewshot_memory_markdown(results)
+  if 'settings' in results and 'rows' in results:
+    return scaling_markdown(results)
+  return markdown(results)
+
+
 def plots(results, out_dir, stem):
   """Writes the sweep and memory plots as ``<out_dir>/<stem>_*.png``; returns their paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -328,8 +408,8 @@ def plots(results, out_dir, stem):
 
 
 def write_markdown(results, out_dir, stem):
-  """Writes ``<out_dir>/<stem>.md`` and returns the markdown."""
-  md = markdown(results)
+  """Writes ``<out_dir>/<stem>.md`` (``report_markdown``) and returns the markdown."""
+  md = report_markdown(results)
   with open(os.path.join(out_dir, f'{stem}.md'), 'w') as f:
     f.write(md + '\n')
   return md
@@ -369,19 +449,17 @@ def rebuild(path, *, out_dir=None, with_plots=True):
   return write_markdown(results, out_dir, stem)
 
 
-def save_json_and_markdown(results, text, out_dir, name):
-  """Writes ``<out_dir>/<name>.json`` and ``.md``, prints the table and where.
+def save_json_and_markdown(results, out_dir, name):
+  """Writes ``<out_dir>/<name>.json`` and its report ``.md``, prints the report and where.
 
-  For the standalone benchmark scripts (scaling, fewshot_memory) whose
-  markdown is their own ``text``.
+  For the standalone benchmark scripts (scaling, fewshot_memory);
+  ``benchmarks.run`` writes its own JSON and plots, then ``write_markdown``.
   """
   os.makedirs(out_dir, exist_ok=True)
   base = os.path.join(out_dir, name)
   with open(base + '.json', 'w') as f:
     json.dump(results, f, indent=1)
-  with open(base + '.md', 'w') as f:
-    f.write(text)
-  print(text)
+  print(write_markdown(results, out_dir, name))
   print(f'Wrote {base}.json and {base}.md')
 
 

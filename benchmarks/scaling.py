@@ -197,53 +197,13 @@ def run_configuration(s, processes, devices):
   raise RuntimeError(f'no RESULT line:\n{outputs[0][-3000:]}')
 
 
-def markdown(res):
-  """The scaling table of ``res`` (the JSON written by ``main``)."""
-  s = res['settings']
-  lines = [
-      f"# Scaling over tasks: {res['meta']['backend']} "
-      f"({res['meta']['device_kind']})", '',
-      f"Sine MAML-family meta-training, {s['tasks_per_batch']} tasks per batch "
-      f"split over the devices of all processes (`mj.task_mesh()`), "
-      f"N = {s['num_inner_steps']}, b = {s['num_directions']}, "
-      f"{s['iterations']} meta-iterations per fused call, median of "
-      f"{s['repeats']} calls. Machine: {res['meta']['machine']}. "
-      f"{res['meta']['date']}, commit {res['meta']['commit']}.", '',
-      '| algorithm | processes | devices (per process) | ms / iteration | '
-      'tasks / s | vs 1 device, 1 process | compile s |',
-      '|---|---|---|---|---|---|---|']
-  for algorithm in s['algorithms']:
-    base = next((r['results'][algorithm]['tasks_per_second']
-                 for r in res['rows']
-                 if r['processes'] == 1 and r['devices'] == 1), None)
-    for r in res['rows']:
-      m = r['results'][algorithm]
-      ratio = f"{m['tasks_per_second'] / base:.2f}x" if base else '-'
-      lines.append(
-          f"| {algorithm} | {r['processes']} | {r['devices']} "
-          f"({r['devices'] // r['processes']}) | {m['ms_per_iteration']:.1f} | "
-          f"{m['tasks_per_second']:.0f} | {ratio} | {m['compile_s']:.1f} |")
-  if s['platform'] == 'cpu':
-    lines += ['', 'Forced host devices (`--xla_force_host_platform_device_'
-              'count`) share this machine\'s CPU cores: a ratio above 1 is '
-              'XLA using more of the cores at once (bounded by their number, '
-              'not by the device count); across processes each all-reduce '
-              'goes through gloo over TCP on 127.0.0.1. Not a measure of '
-              'real devices\' speedup.']
-  return '\n'.join(lines) + '\n'
-
-
 def main(argv):
   del argv
   if _WORKER.value:
     worker(json.loads(_WORKER.value))
     return
   if _REPORT.value:
-    with open(_REPORT.value) as f:
-      text = markdown(json.load(f))
-    with open(os.path.splitext(_REPORT.value)[0] + '.md', 'w') as f:
-      f.write(text)
-    print(text)
+    print(report.rebuild(_REPORT.value, with_plots=False))
     return
   s = settings_from_flags()
   rows, meta = [], {}
@@ -269,7 +229,7 @@ def main(argv):
       python=platform.python_version(), command=' '.join(sys.argv))
   res = dict(meta=meta, settings=s, rows=rows)
   name = _NAME.value or ('quick_scaling' if s['quick'] else 'scaling')
-  report.save_json_and_markdown(res, markdown(res), _OUT_DIR.value, name)
+  report.save_json_and_markdown(res, _OUT_DIR.value, name)
 
 
 if __name__ == '__main__':

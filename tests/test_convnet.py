@@ -63,7 +63,7 @@ def test_vmapped_xla_conv_meta_gradient():
   the same program run op by op (``jax.disable_jit``) was right, and the
   error moved with XLA's options (0.88 without YNNPACK fusions, NaN at
   ``xla_backend_optimization_level=0``). The ``where``-based ``mj.nn.max_pool`` routes the
-  gradient by its own comparison. Standalone: benchmarks/repro_vmap_conv.py.
+  gradient by its own comparison. Standalone: benchmarks/investigations/repro_vmap_conv.py.
   """
   with jax.enable_x64(True):
     _assert_close(_loss_grad_and_meta_gradient('xla', 'vmap'),

@@ -128,7 +128,7 @@ def test_convnet_agreement_float64(algorithm):
   JVP marks the maximum by an equality test, and XLA's fused recomputation of
   the operand rounded differently, dropping windows). The pool,
   ``mj.nn.max_pool``, now routes the gradient with ``where``
-  (benchmarks/repro_vmap_conv.py)."""
+  (benchmarks/investigations/repro_vmap_conv.py)."""
   from benchmarks import convnet  # pylint: disable=g-import-not-at-top
   hp = dict(num_tasks=2, ways=5, shots=1, query=2, filters=8, blocks=2,
             num_inner_steps=1, inner_lr=0.4, num_directions=2, delta=DELTA,

@@ -1,6 +1,16 @@
 r"""Where a learned inner step size costs time in MAML (sine paper config, CPU).
 
-    python -m benchmarks.profile_learned_lr [--rounds=9] [--width=40]
+    python -m benchmarks.investigations.profile_learned_lr [--rounds=9] [--width=40]
+
+Investigation (issue 11), not tested. Valid at ac9c354 (run at 03:13 UTC,
+written up in 61b8485); last changed in 9679a65 (mj.models), not rerun
+since. Found (BENCHMARKS.md, 'Learned inner step size'): of MAML's 1.14-1.21x
+for a learned per-parameter alpha, about half is JAX's own price for the
+step-size gradient (a hand-written MAML pays 1.13x), the other half per-leaf
+bookkeeping that doubles with alpha's extra leaves (the estimator,
+``meta_gradient``'s masked mean and finite checks, Adam): 184 -> 267 executed
+ops in the train step. At width 400 the cost is memory traffic instead
+(1.44-1.47x).
 
 ``benchmarks.run --sections=learned_lr`` times the whole train step with a
 fixed alpha and with a learned per-parameter alpha (Meta-SGD). This script

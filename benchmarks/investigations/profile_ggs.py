@@ -1,6 +1,16 @@
 r"""Where GGS-/ZO-MAML spend their time on the sine paper config (CPU diagnosis).
 
-    python -m benchmarks.profile_ggs [--repeats=15]
+    python -m benchmarks.investigations.profile_ggs [--repeats=15]
+
+Investigation (issue 4's speed targets), not tested. Valid at 7e342c5 (its
+16:13 UTC table, committed in 4e90e73) and 1fc7600 (the hand-written MAML
+rows, 20:26 UTC, committed there); last changed in 9679a65 (mj.models /
+mj.tasks), not rerun since. Found (BENCHMARKS.md, 'Where the time goes'):
+drawing GGS-MAML's 1.32M Gaussian numbers takes 5.2 ms of its ~10 ms
+meta-gradient on the 2-core CPU (``torch.randn`` 4.5 ms), so 10x torch.func
+(2.8-3.9 ms per meta-iteration) is below the cost of the random numbers
+alone; in fused MAML maml_jax's own cost is ~0.16-0.19 ms per iteration
+(~15%), so MAML could reach ~7x torch.func, not 10x.
 
 Times (min and median ms, interleaved so load noise hits all alike):
   * the maml_jax meta-gradient of 25 tasks (N = 3, b = 10) for ggs/zo/maml;

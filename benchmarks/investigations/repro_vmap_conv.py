@@ -1,6 +1,15 @@
 r"""Standalone repro: a jitted second-order gradient through a max-pool loses windows.
 
-    python -m benchmarks.repro_vmap_conv
+    python -m benchmarks.investigations.repro_vmap_conv
+
+Investigation (issue 14), not tested. Valid at 452c9e4 (written there; its
+output quoted in BENCHMARKS.md, 'Correctness findings', from a48c2f8); last
+changed in 9679a65 (imports only), not rerun since. Found: under ``jit`` the
+``jnp.max`` pool after BatchNorm + ReLU, 2 blocks, drops windows of the
+second-order gradient (relative error 2.9e-2 against op by op, float64, JAX
+0.10.2, XLA:CPU); the ``where`` pool is right (8.8e-16). The conv net's pool
+became ``mj.nn.max_pool`` (three ``where``), and tests/test_convnet.py and
+tests/test_torch_agreement.py check the fixed net.
 
 Issue 14 found the MAML meta-gradient of the conv net with XLA convolutions
 vmapped over tasks off by a relative error of 0.67 (float64, JAX 0.10.2,
@@ -146,8 +155,9 @@ def main(argv):
     print('pool=jnp.max, batch_norm, relu, 2 blocks, under other XLA flags:')
     for flag in FLAG_SETS:
       env = dict(os.environ, XLA_FLAGS=flag)
-      out = subprocess.run([sys.executable, '-m', 'benchmarks.repro_vmap_conv', '--child'],
-                           env=env, capture_output=True, text=True, check=False)
+      out = subprocess.run(
+          [sys.executable, '-m', 'benchmarks.investigations.repro_vmap_conv', '--child'],
+          env=env, capture_output=True, text=True, check=False)
       result = out.stdout.strip().splitlines()[-1:] or [out.stderr.strip()[-200:]]
       print(f'  XLA_FLAGS={flag!r}: {result[0]}')
 

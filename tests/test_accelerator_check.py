@@ -39,4 +39,7 @@ def test_accelerator_check_quick(tmp_path):
   for part in ('speed', 'scaling', 'rl'):
     assert f'| {part} | 0 |' in text
   assert 'tasks / s' in text and (tmp_path / 'accelerator_rl.md').exists()
+  # --quick: the 2D navigation task, Brax installed or not.
+  assert (tmp_path / 'accelerator_rl.md').read_text().startswith(
+      '# Meta-RL navigation2d')
   assert len(os.listdir(tmp_path)) <= 8  # what a device run can bring back

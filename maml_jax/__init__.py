@@ -48,6 +48,7 @@ from maml_jax._src.sharding import shard_tasks
 from maml_jax._src.sharding import task_mesh
 from maml_jax._src.step_sizes import init_inner_lr
 from maml_jax._src.step_sizes import LearnedInnerLR
+from maml_jax._src.step_sizes import partition_inner_lr
 from maml_jax._src.training import init_train_state
 from maml_jax._src.training import iteration_keys
 from maml_jax._src.training import make_fused_train
@@ -96,6 +97,7 @@ __all__ = (
     'nn',
     'no_hvp',
     'num_tasks',
+    'partition_inner_lr',
     'process_tasks',
     'replicate',
     'shard_process_tasks',

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 SCALAR = 'scalar'
 PER_LAYER = 'per_layer'
@@ -58,6 +59,58 @@ class LearnedInnerLR(NamedTuple):
 
 
 KINDS = (SCALAR, PER_LAYER, PER_PARAMETER)
+
+# Labels of ``partition_inner_lr``.
+PARAMS_LABEL = 'params'
+INNER_LR_LABEL = 'inner_lr'
+
+
+def _labels(meta_params):
+  if isinstance(meta_params, LearnedInnerLR):
+    return LearnedInnerLR(PARAMS_LABEL, INNER_LR_LABEL)
+  return PARAMS_LABEL  # plain w_0: all of it is 'params'
+
+
+def partition_inner_lr(
+    params_optimizer: optax.GradientTransformation,
+    inner_lr_optimizer: optax.GradientTransformation,
+) -> optax.GradientTransformation:
+  """One meta optimizer that updates w_0 and the learned step sizes apart.
+
+  An ``optax.multi_transform`` that gives ``LearnedInnerLR.params`` (w_0) to
+  ``params_optimizer`` and ``LearnedInnerLR.inner_lr`` (alpha) to
+  ``inner_lr_optimizer``, each with its own state. Plain parameters (not a
+  ``LearnedInnerLR``) all go to ``params_optimizer``.
+
+  Why (docs/design.md, 'Step sizes'): Adam moves every coordinate by about
+  its learning rate per iteration, whatever the size of its gradient. With
+  step sizes that start at 0.01, a meta lr of 1e-3 changes each of them by
+  about 10% per iteration; at N >= 2 inner steps some reach the values
+  where the inner loop of a task diverges within a few hundred iterations
+  (Meta-SGD on sine at N = 3). The same Adam with a 10x smaller learning
+  rate for the step sizes trains them stably. ``inner_lr_optimizer`` may
+  also be chained with ``optax.keep_params_nonnegative()`` or anything else
+  that acts on the step sizes alone.
+
+  Args:
+    params_optimizer: the optimizer of w_0 (e.g. ``optax.adam(1e-3)``).
+    inner_lr_optimizer: the optimizer of the step sizes (e.g.
+      ``optax.adam(1e-4)``).
+
+  Returns:
+    An ``optax.GradientTransformation`` to use with ``LearnedInnerLR`` meta
+    parameters (``init_train_state``, ``make_train_step``,
+    ``make_fused_train``); ``state.inner_states`` holds the two states,
+    under 'params' and 'inner_lr'.
+
+  Example:
+    >>> meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.01))
+    >>> opt = mj.partition_inner_lr(optax.adam(1e-3), optax.adam(1e-4))
+    >>> state = mj.init_train_state(meta, opt)
+  """
+  return optax.multi_transform(
+      {PARAMS_LABEL: params_optimizer, INNER_LR_LABEL: inner_lr_optimizer},
+      _labels)
 
 
 def init_inner_lr(params, value: float, kind: str = PER_PARAMETER,

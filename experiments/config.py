@@ -56,6 +56,9 @@ DIRECTION_ALGORITHMS = tuple(
     if 'num_directions' in mj.estimator_hyperparameters(a))
 # --learn_inner_lr values: 'none' or a kind of mj.init_inner_lr.
 LEARN_INNER_LR = ('none', 'scalar', 'per_layer', 'per_parameter')
+# Learning rate of learned step sizes / meta lr of w_0, unless
+# --inner_lr_meta_lr is given (EXPERIMENTS.md, 'Learned step sizes').
+INNER_LR_META_LR_SCALE = 0.1
 
 FLAGS = flags.FLAGS
 
@@ -186,14 +189,25 @@ def define_inner_lr_flags():
   d = _define_once
   d(flags.DEFINE_enum, 'learn_inner_lr', 'none', list(LEARN_INNER_LR),
     'Meta-learn the inner step sizes alpha together with w_0 (docs/design.md, '
-    '"Step sizes"), with the same meta optimizer: none (fixed --inner_lr), scalar (one '
+    '"Step sizes"): none (fixed --inner_lr), scalar (one '
     'alpha), per_layer (one per parameter array) or per_parameter '
     '(Meta-SGD). They start at --inner_lr (--zo_inner_lr for zo_maml), are '
-    'checkpointed, and the held-out evaluation adapts with them.')
+    'trained by their own optimizer (--inner_lr_optimizer, '
+    '--inner_lr_meta_lr), checkpointed, and the held-out evaluation adapts '
+    'with them.')
   d(flags.DEFINE_boolean, 'per_step_inner_lr', False,
     'With --learn_inner_lr: one step size per inner step (MAML++), N of '
     'them. An evaluation with more than N steps (the sine k-step curve) uses '
     "the last step's value for the steps after N.")
+  d(flags.DEFINE_float, 'inner_lr_meta_lr', None,
+    'With --learn_inner_lr: the learning rate of the step sizes\' optimizer. '
+    f'Default: {INNER_LR_META_LR_SCALE:g} x the meta lr of w_0 (--meta_lr, '
+    'or the one --sweep picks): with one shared Adam at 1e-3, Meta-SGD '
+    'diverges at N >= 2 inner steps (EXPERIMENTS.md). --inner_lr_meta_lr '
+    'equal to --meta_lr is one shared rate, as in Li et al. (2017).')
+  d(flags.DEFINE_string, 'inner_lr_optimizer', None,
+    'With --learn_inner_lr: the optax optimizer of the step sizes (a name, '
+    'as --meta_optimizer). Default: --meta_optimizer.')
   d(flags.DEFINE_list, 'inner_lrs', None,
     'Comma-separated fixed inner step sizes trained and evaluated as ONE '
     'vmapped program per algorithm (a grid of inner_lr x seed); metrics rows '
@@ -487,6 +501,10 @@ class TrainConfig:
   # 'none', or the kind of learned inner step sizes (--learn_inner_lr).
   learn_inner_lr: str = 'none'
   per_step_inner_lr: bool = False
+  # The step sizes' optimizer: None = INNER_LR_META_LR_SCALE x meta lr and
+  # --meta_optimizer (see inner_lr_hparams).
+  inner_lr_meta_lr: Optional[float] = None
+  inner_lr_optimizer: Optional[str] = None
   # --inner_lrs: fixed inner step sizes trained as one vmapped grid; () = off.
   inner_lrs: tuple = ()
   # Task batches split over every device of every process (task_sharding).
@@ -496,6 +514,12 @@ class TrainConfig:
   def learned(self):
     """Whether the inner step sizes are meta-parameters."""
     return self.learn_inner_lr != 'none'
+
+  def inner_lr_hparams(self, meta_lr):
+    """(optimizer name, learning rate) of learned step sizes, given w_0's lr."""
+    lr = (self.inner_lr_meta_lr if self.inner_lr_meta_lr is not None
+          else INNER_LR_META_LR_SCALE * meta_lr)
+    return self.inner_lr_optimizer or self.meta_optimizer, lr
 
   def hparams(self, algorithm):
     inner_lr = self.zo_inner_lr if algorithm == 'zo_maml' else self.inner_lr
@@ -520,7 +544,7 @@ def parse_ints(name, values):
                          f'got {values!r}') from None
 
 
-def check_optimizer_name(name):
+def check_optimizer_name(name, flag='meta_optimizer'):
   """Raises ``app.UsageError`` unless ``optax.<name>(learning_rate=...)`` exists."""
   fn = getattr(optax, name, None) if name and not name.startswith('_') else None
   ok = callable(fn)
@@ -530,7 +554,7 @@ def check_optimizer_name(name):
     except (TypeError, ValueError):
       ok = False
   if not ok:
-    raise app.UsageError(f'--meta_optimizer={name!r} is not an optax optimizer '
+    raise app.UsageError(f'--{flag}={name!r} is not an optax optimizer '
                          'taking learning_rate (e.g. sgd, adam)')
 
 
@@ -555,9 +579,20 @@ def _inner_lr_config():
   learn = FLAGS.learn_inner_lr
   per_step = FLAGS.per_step_inner_lr
   lrs = parse_floats('inner_lrs', FLAGS.inner_lrs or ())
-  if per_step and learn == 'none':
-    raise app.UsageError('--per_step_inner_lr needs --learn_inner_lr '
-                         '(scalar, per_layer or per_parameter)')
+  for name, given in (('per_step_inner_lr', per_step),
+                      ('inner_lr_meta_lr', FLAGS.inner_lr_meta_lr is not None),
+                      ('inner_lr_optimizer',
+                       FLAGS.inner_lr_optimizer is not None)):
+    if learn == 'none' and given:
+      raise app.UsageError(f'--{name} needs --learn_inner_lr '
+                           '(scalar, per_layer or per_parameter)')
+  inner_meta_lr = FLAGS.inner_lr_meta_lr
+  if inner_meta_lr is not None and not (inner_meta_lr > 0
+                                        and math.isfinite(inner_meta_lr)):
+    raise app.UsageError('--inner_lr_meta_lr must be a positive number, got '
+                         f'{inner_meta_lr}')
+  if FLAGS.inner_lr_optimizer is not None:
+    check_optimizer_name(FLAGS.inner_lr_optimizer, 'inner_lr_optimizer')
   if FLAGS.inner_lrs is not None:
     if not lrs:
       raise app.UsageError('--inner_lrs must list at least one step size')
@@ -577,7 +612,8 @@ def _inner_lr_config():
           'trains each listed fixed step size (in place of --inner_lr) for '
           'every algorithm with the given meta lr and delta')
   return dict(learn_inner_lr=learn, per_step_inner_lr=per_step,
-              inner_lrs=lrs)
+              inner_lr_meta_lr=inner_meta_lr,
+              inner_lr_optimizer=FLAGS.inner_lr_optimizer, inner_lrs=lrs)
 
 
 def training_config(experiment, defaults):

@@ -53,9 +53,10 @@ def final_rows(rows, metric='test_loss'):
 
 def _inner_lr_label(cfg, hp, arm):
   if cfg is not None and cfg.learned:
+    name, lr = cfg.inner_lr_hparams(hp.meta_lr)
     return (f'learned {cfg.learn_inner_lr}'
             f'{" per step" if cfg.per_step_inner_lr else ""} '
-            f'(init {hp.inner_lr:g})')
+            f'(init {hp.inner_lr:g}, {name} lr {lr:g})')
   _, _, rest = arm.partition('@alpha=')
   return rest or f'{hp.inner_lr:g}'
 

@@ -8,8 +8,8 @@ every algorithm of ``--algorithms`` for every seed of ``--seeds`` with
 call, seeds batched with ``jax.vmap`` (with ``--inner_lrs``, the grid of
 (inner_lr, seed) pairs: the fixed step size is data of the one compiled
 program). ``--learn_inner_lr`` makes the inner step sizes meta-parameters
-(``mj.LearnedInnerLR``), trained by the same meta optimizer and checkpointed
-with w_0. The chunks, held-out evaluations, metrics files, checkpoints and
+(``mj.LearnedInnerLR``), trained by their own optimizer (``meta_optimizer``)
+and checkpointed with w_0. The chunks, held-out evaluations, metrics files, checkpoints and
 ``--resume`` are the shared loop's (``experiments.loop``); this module tells
 it how a chunk runs and what a metrics row holds.
 """
@@ -192,6 +192,23 @@ def make_optimizer(name, learning_rate):
       learning_rate=learning_rate)
 
 
+def meta_optimizer(cfg, meta_lr):
+  """The meta optimizer of ``cfg`` with w_0's learning rate ``meta_lr``.
+
+  ``make_optimizer(cfg.meta_optimizer, meta_lr)``; with ``--learn_inner_lr``
+  the step sizes get their own (``mj.partition_inner_lr``):
+  ``--inner_lr_optimizer`` at ``--inner_lr_meta_lr``, by default the same
+  optimizer at ``config.INNER_LR_META_LR_SCALE`` x ``meta_lr`` (EXPERIMENTS.md,
+  'Learned step sizes that train'). Both learning rates are state arrays,
+  so ``--sweep`` vmaps over ``meta_lr``.
+  """
+  optimizer = make_optimizer(cfg.meta_optimizer, meta_lr)
+  if not cfg.learned:
+    return optimizer
+  name, lr = cfg.inner_lr_hparams(meta_lr)
+  return mj.partition_inner_lr(optimizer, make_optimizer(name, lr))
+
+
 class Arm(NamedTuple):
   """One trained arm of a ``TrainResult``: an algorithm (and grid step size).
 
@@ -304,11 +321,11 @@ def sweep(problem, cfg, run_dir):
       base = cfg.hparams(algorithm)
       params = meta_params(w0, cfg, base.inner_lr)
       est = _estimator(problem, cfg, algorithm, base.inner_lr, delta)
-      optimizer = make_optimizer(cfg.meta_optimizer, cfg.meta_lr)
+      optimizer = meta_optimizer(cfg, cfg.meta_lr)
       run = mj.make_fused_train(est, optimizer, problem.sample_tasks,
                                 cfg.sweep_iterations, mesh=mesh)
       states = jax.vmap(lambda lr: mj.init_train_state(
-          params, make_optimizer(cfg.meta_optimizer, lr)))(lrs)
+          params, meta_optimizer(cfg, lr)))(lrs)
       key = train_keys[0]
       if mesh is not None:
         states, key = mj.replicate((states, key), mesh)
@@ -389,7 +406,7 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
   by_lr = {}  # one compiled evaluation per distinct fixed inner lr
   for algorithm in cfg.algorithms:
     hp = hparams[algorithm]
-    optimizer = make_optimizer(cfg.meta_optimizer, hp.meta_lr)
+    optimizer = meta_optimizer(cfg, hp.meta_lr)
     runs[algorithm] = {}
     for length in lengths:
       if grid:

@@ -59,7 +59,7 @@ def test_learned_inner_lr_trains_and_resumes_exactly(tmp_path):
     assert r['inner_lr_min'] <= r['inner_lr_step2_mean'] <= r['inner_lr_max']
     assert r['inner_lr_mean'] != pytest.approx(0.01, abs=1e-6)
   summary = (run / 'summary.md').read_text()
-  assert 'learned per_parameter per step (init 0.01)' in summary
+  assert 'learned per_parameter per step (init 0.01, sgd lr 0.0003)' in summary
   assert 'step2 mean' in summary
 
 
@@ -171,6 +171,11 @@ def test_k_step_curve_uses_the_last_learned_step_past_n():
     (['--inner_lrs=0.01,0.1', '--zo_inner_lr=0.01'], '--zo_inner_lr'),
     (['--inner_lrs=0.01,0.1', '--sweep'], '--sweep'),
     (['--per_step_inner_lr'], 'needs --learn_inner_lr'),
+    (['--inner_lr_meta_lr=1e-4'], 'inner_lr_meta_lr needs --learn_inner_lr'),
+    (['--inner_lr_optimizer=adam'], 'needs --learn_inner_lr'),
+    (['--learn_inner_lr=scalar', '--inner_lr_meta_lr=0'], 'positive'),
+    (['--learn_inner_lr=scalar', '--inner_lr_optimizer=nope'],
+     '--inner_lr_optimizer=.nope. is not an optax optimizer'),
     (['--inner_lrs=0.01,0.01'], 'twice'),
     (['--inner_lrs=0,0.1'], 'positive'),
     (['--inner_lrs=0.1,x'], 'inner_lrs'),

@@ -7,6 +7,8 @@ its BatchNorm and its pool are tested with the library (tests/test_models.py,
 tests/test_nn.py).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,7 @@ def _net(conv_impl, ways=3):
   return models.ConvNet(ways, filters=4, blocks=2, conv_impl=conv_impl)
 
 
+@functools.cache  # 'xla' with 'map' is the reference of two tests: compiled once
 def _loss_grad_and_meta_gradient(conv_impl, task_batching):
   tasks = toy.image_tasks(jax.random.PRNGKey(1), 2, jnp.float64)
   params = mj.models.init_convnet_params(jax.random.PRNGKey(0), _net('xla'),

@@ -1,5 +1,6 @@
 """The built wheel holds the library alone and runs outside the repository."""
 
+import ast
 import importlib.util
 import os
 import pathlib
@@ -120,3 +121,70 @@ def test_floors_pin_install_requires_and_list_the_library_tests():
     assert (name in library) == (not beyond), (
         f'{name}: .ci/floors.py LIBRARY_TESTS must list exactly the test '
         'modules that use the library alone')
+
+
+def _public_functions():
+  """'mj.maml', 'mj.nn.max_pool', ...: the functions of the public API."""
+  import maml_jax as mj  # pylint: disable=g-import-not-at-top
+  names = []
+  for prefix, module in (('mj', mj), ('mj.nn', mj.nn), ('mj.models', mj.models),
+                         ('mj.tasks', mj.tasks)):
+    for name in getattr(module, '__all__', None) or dir(module):
+      obj = getattr(module, name)
+      if not name.startswith('_') and callable(obj) and not isinstance(obj, type):
+        names.append(f'{prefix}.{name}')
+  return names
+
+
+def _is_test(node):
+  name = getattr(node, 'name', '')
+  return (isinstance(node, ast.ClassDef) and 'Test' in name) or (
+      isinstance(node, ast.FunctionDef) and name.startswith('test'))
+
+
+def _source(test):
+  """The code a floors entry runs: a module's text, or for a test id
+  ('path::test_f[param]', 'path::Class::test_m0') the selected test with the
+  helpers and constants around it (every statement that is not another test).
+  A generated name (absl parameterized) selects the function it starts with."""
+  path, *names = test.split('::')
+  text = (REPO / path).read_text()
+  lines = text.splitlines()
+
+  def segment(node):
+    first = min([node.lineno] + [d.lineno for d in getattr(node, 'decorator_list', [])])
+    return '\n'.join(lines[first - 1:node.end_lineno])
+
+  def keep(body, names):
+    if not names:
+      return [segment(n) for n in body]
+    want = names[0].split('[')[0]
+    tests = [n for n in body if _is_test(n)]
+    chosen = max((n for n in tests if want.startswith(n.name)),
+                 key=lambda n: len(n.name), default=None)
+    assert chosen is not None, f'{test}: no test {want}'
+    return [segment(n) for n in body if not _is_test(n)] + keep(
+        chosen.body if isinstance(chosen, ast.ClassDef) else [chosen], names[1:])
+
+  return '\n'.join(keep(ast.parse(text).body, names))
+
+
+def _calls(text, function):
+  return re.search(r'\b' + re.escape(function) + r'\b', text) is not None
+
+
+def test_the_floors_run_calls_every_function_the_library_tests_call():
+  """FLOOR_TESTS, what .ci/floors runs at the oldest dependency versions, are
+  library tests (whole modules or single test functions) and, between them,
+  call every public function that any library test calls."""
+  floors = _floors_module()
+  modules = [t.split('::')[0] for t in floors.FLOOR_TESTS]
+  assert set(modules) <= set(floors.LIBRARY_TESTS), floors.FLOOR_TESTS
+  assert len(set(floors.FLOOR_TESTS)) == len(floors.FLOOR_TESTS)
+  library = '\n'.join(_source(t) for t in floors.LIBRARY_TESTS)
+  floor = '\n'.join(_source(t) for t in floors.FLOOR_TESTS)
+  tested = [f for f in _public_functions() if _calls(library, f)]
+  assert len(tested) >= 30, tested  # the check finds the calls at all
+  missing = [f for f in tested if not _calls(floor, f)]
+  assert not missing, (f'{missing}: called by a library test but by none of '
+                       '.ci/floors.py FLOOR_TESTS')

@@ -2,11 +2,15 @@
 # One prepared accelerator check (issue 13), on whatever accelerator JAX finds:
 #   1. the speed tables (benchmarks.run: sine main table and time vs tasks),
 #   2. the scaling table (benchmarks.scaling over the accelerator's devices),
-#   3. a short meta-RL HalfCheetah run (experiments.rl, Brax 'spring').
+#   3. a short meta-RL HalfCheetah run (experiments.rl, Brax 'spring'),
+#   4. one paper-size HalfCheetah meta-iteration (20 tasks x 20 episodes x 200
+#      steps, MAML, TRPO) split into simulation, policy, GAE/baseline,
+#      gradients and TRPO (benchmarks.rl_profile).
 # Each part has its own time limit, so the whole stays under 10 minutes. It
 # writes under benchmarks/results/ (or --out_dir): accelerator.json and
 # accelerator.md (what ran, how long, on which devices), accelerator_speed.*,
-# accelerator_scaling.*, accelerator_rl.md. At most 8 files, no plots.
+# accelerator_scaling.*, accelerator_rl.md, accelerator_rl_profile.*. At most
+# 10 files, no plots.
 #
 #   bash benchmarks/accelerator_check.sh                # on a GPU / TPU machine
 #   bash benchmarks/accelerator_check.sh --quick        # CPU smoke run, tiny (tests)
@@ -61,9 +65,12 @@ else
   part speed 240 "$PY" -m benchmarks.run --sections=main,tasks \
     --problems=sine --rounds=3 --noplots --out_dir="$OUT" \
     --name=accelerator_speed
-  part scaling 120 "$PY" -m benchmarks.scaling --platform=accelerator \
+  part scaling 90 "$PY" -m benchmarks.scaling --platform=accelerator \
     --out_dir="$OUT" --name=accelerator_scaling
-  part rl 180 "$PY" -m experiments.rl --env=halfcheetah_vel \
+  part rl_profile 150 "$PY" -m benchmarks.rl_profile --num_tasks=20 \
+    --num_episodes=20 --horizon=200 --backend=spring --backends=generalized \
+    --horizons=200 --repeats=2 --output="$OUT/accelerator_rl_profile.json"
+  part rl 120 "$PY" -m experiments.rl --env=halfcheetah_vel \
     --brax_backend=spring --algorithms=maml,ggs_maml --seeds=0 \
     --tasks_per_batch=20 --num_episodes=20 --num_iterations=6 \
     --eval_every=3 --eval_tasks=10 --eval_steps=1 --workdir="$WORK" \
@@ -88,7 +95,8 @@ res = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
        'quick': quick, 'backend': jax.default_backend(),
        'devices': [str(d) for d in jax.devices()], 'parts': parts,
        'files': {'speed': 'accelerator_speed.md',
-                 'scaling': 'accelerator_scaling.md', 'rl': 'accelerator_rl.md'}}
+                 'scaling': 'accelerator_scaling.md', 'rl': 'accelerator_rl.md',
+                 'rl_profile': 'accelerator_rl_profile.md'}}
 with open(os.path.join(out, 'accelerator.json'), 'w') as f:
   json.dump(res, f, indent=1)
 lines = [f"# Accelerator check{' (--quick)' if quick else ''}: "
@@ -99,7 +107,7 @@ for name, p in parts.items():
   lines.append(f"| {name} | {p['exit_code']} | {p['seconds']} | "
                f"{res['files'][name]} |")
 text = '\n'.join(lines) + '\n'
-for name in ('speed', 'scaling', 'rl'):
+for name in ('speed', 'scaling', 'rl', 'rl_profile'):
   path = os.path.join(out, res['files'][name])
   if os.path.exists(path):
     text += '\n' + open(path).read()

@@ -345,6 +345,30 @@ def test_rl_speed_smoke(tmp_path):
   assert res['inner_loss_gradient_s'] > 0
 
 
+def test_rl_profile_smoke(tmp_path):
+  """``python -m benchmarks.rl_profile`` (2D navigation, tiny): the split of a
+  meta-iteration adds up to its parts, and the report is written."""
+  out = tmp_path / 'rl_profile.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.rl_profile', '--env=navigation2d',
+       '--num_tasks=2', '--num_episodes=2', '--horizon=5', '--horizons=3',
+       '--repeats=1', f'--output={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads(out.read_text())
+  it = res['iteration']
+  assert it['batches_sampled'] == 2 and it['env_steps_per_batch'] == 20
+  assert set(it['split_s']) == {'simulation', 'policy', 'GAE/baseline',
+                                'gradients', 'TRPO (CG + line search)'}
+  assert all(v >= 0 for v in it['split_s'].values())
+  assert it['meta_iteration_s'] > 0
+  assert [(r['horizon'], r['env_steps']) for r in res['simulation']] == [
+      (5, 20), (3, 12)]
+  assert all(r['env_steps_per_s'] > 0 for r in res['simulation'])
+  text = (tmp_path / 'rl_profile.md').read_text()
+  assert '| TRPO (CG + line search) |' in text and 'env steps/s' in text
+
+
 def test_convnet_section_smoke(tmp_path):
   """``--quick --sections=convnet``: every row and implementation present; the
   speedups are best-torch ms / implementation ms of the per-round medians."""

@@ -63,21 +63,22 @@ INNER_LR_META_LR_SCALE = 0.1
 FLAGS = flags.FLAGS
 
 
-def _define_once(define, name, *args, **kwargs):
+def define_once(define, name, *args, **kwargs):
+  """``define(name, ...)`` unless flag ``name`` exists (launchers share flags)."""
   if name not in FLAGS:
     define(name, *args, **kwargs)
 
 
 def define_output_flags():
   """Flags of every launcher: where outputs go, which seeds (idempotent)."""
-  _define_once(flags.DEFINE_string, 'workdir', '/tmp/maml_jax_experiments',
+  define_once(flags.DEFINE_string, 'workdir', '/tmp/maml_jax_experiments',
                'Parent folder of the run folders; each run writes to '
                '<workdir>/<run_name>/.')
-  _define_once(flags.DEFINE_string, 'run_name', None,
+  define_once(flags.DEFINE_string, 'run_name', None,
                'Name of the run folder. Default: the experiment name, with a '
                'numeric suffix if that folder is taken (with --resume: the '
                'latest such folder).')
-  _define_once(flags.DEFINE_list, 'seeds', ['0', '1', '2'],
+  define_once(flags.DEFINE_list, 'seeds', ['0', '1', '2'],
                'Comma-separated integer seeds. Several seeds give mean and '
                'spread bands; seeds are batched with jax.vmap.')
   define_distributed_flags()
@@ -85,7 +86,7 @@ def define_output_flags():
 
 def define_distributed_flags():
   """Flags of a run over many processes (idempotent; docs/design.md, 'Sharding')."""
-  d = _define_once
+  d = define_once
   d(flags.DEFINE_string, 'coordinator_address', None,
     'host:port of process 0, which runs the jax.distributed coordinator. '
     'Give it with --num_processes and --process_id, or none of the three '
@@ -130,7 +131,7 @@ def define_training_flags():
   (each launcher's ``DEFAULTS``; ``set_defaults`` shows them in ``--help``).
   """
   define_output_flags()
-  d = _define_once
+  d = define_once
   d(flags.DEFINE_list, 'algorithms', None,
     'Comma-separated subset of ' + ','.join(ALGORITHMS) + '. Default: the '
     "paper's four (" + ','.join(PAPER_ALGORITHMS) + ').')
@@ -186,7 +187,7 @@ def define_inner_lr_flags():
   Defined by the supervised launchers (sine, matrix factorization), whose
   arms ``training.train`` builds; the RL launcher does not take them.
   """
-  d = _define_once
+  d = define_once
   d(flags.DEFINE_enum, 'learn_inner_lr', 'none', list(LEARN_INNER_LR),
     'Meta-learn the inner step sizes alpha together with w_0 (docs/design.md, '
     '"Step sizes"): none (fixed --inner_lr), scalar (one '
@@ -456,6 +457,28 @@ def set_defaults(defaults):
       FLAGS.set_default(name, value)
 
 
+def parse_algorithms(values):
+  """``--algorithms`` as a tuple of estimator names; ``app.UsageError`` if bad."""
+  algorithms = tuple(a.strip() for a in (values or ()) if a.strip())
+  unknown = [a for a in algorithms if a not in ALGORITHMS]
+  if unknown or not algorithms:
+    raise app.UsageError(f'--algorithms: unknown algorithm(s) {unknown} '
+                         f'(choose from {",".join(ALGORITHMS)})')
+  if len(set(algorithms)) != len(algorithms):
+    raise app.UsageError('--algorithms lists an algorithm twice')
+  return algorithms
+
+
+def parse_seeds(values):
+  """``--seeds`` as a tuple of distinct ints; ``app.UsageError`` if bad."""
+  seeds = tuple(parse_ints('seeds', values))
+  if not seeds:
+    raise app.UsageError('--seeds must list at least one seed')
+  if len(set(seeds)) != len(seeds):
+    raise app.UsageError('--seeds lists a seed twice')
+  return seeds
+
+
 def flag_or_default(name, defaults):
   """The value of flag ``name``, or ``defaults[name]`` if it is left at None."""
   value = FLAGS[name].value
@@ -628,19 +651,13 @@ def training_config(experiment, defaults):
   Returns:
     A ``TrainConfig``.
   """
-  algorithms = FLAGS.algorithms or defaults.get('algorithms', PAPER_ALGORITHMS)
-  algorithms = tuple(a.strip() for a in algorithms if a.strip())
-  unknown = [a for a in algorithms if a not in ALGORITHMS]
-  if unknown or not algorithms:
-    raise app.UsageError(f'--algorithms: unknown algorithm(s) {unknown} '
-                         f'(choose from {",".join(ALGORITHMS)})')
-  if len(set(algorithms)) != len(algorithms):
-    raise app.UsageError('--algorithms lists an algorithm twice')
+  algorithms = parse_algorithms(
+      FLAGS.algorithms or defaults.get('algorithms', PAPER_ALGORITHMS))
   get = lambda name: flag_or_default(name, defaults)
   inner_lr = get('inner_lr')
   zo_inner_lr = get('zo_inner_lr')
   zo_inner_lr = inner_lr if zo_inner_lr is None else zo_inner_lr
-  seeds = parse_ints('seeds', FLAGS.seeds)
+  seeds = parse_seeds(FLAGS.seeds)
   num_iterations = get('num_iterations')
   sweep_iterations = get('sweep_iterations') or max(1, num_iterations // 4)
   cfg = TrainConfig(
@@ -682,10 +699,6 @@ def training_config(experiment, defaults):
   for name, value in counts.items():
     if value is None or value < 1:
       raise app.UsageError(f'--{name} must be a positive integer, got {value}')
-  if not seeds:
-    raise app.UsageError('--seeds must list at least one seed')
-  if len(set(seeds)) != len(seeds):
-    raise app.UsageError('--seeds lists a seed twice')
   if cfg.sweep:
     if not cfg.sweep_meta_lrs or min(cfg.sweep_meta_lrs) <= 0:
       raise app.UsageError('--sweep_meta_lrs must be positive numbers')

@@ -59,15 +59,10 @@ EVAL_SEED = 20260  # held-out evaluation tasks: the same for every run
 FLAGS = flags.FLAGS
 
 
-def _define(define, name, *args, **kwargs):
-  if name not in FLAGS:
-    define(name, *args, **kwargs)
-
-
 def define_flags():
   """The shared training flags plus the RL-specific ones (idempotent)."""
   config.define_training_flags()
-  d = _define
+  d = config.define_once
   d(flags.DEFINE_string, 'env', 'navigation2d',
     'Environment: navigation2d, halfcheetah_vel or halfcheetah_dir (the '
     "HalfCheetah tasks need Brax: pip install -e '.[brax]').")
@@ -102,8 +97,7 @@ def define_flags():
 
 
 def resolve(name):
-  value = FLAGS[name].value
-  return DEFAULTS.get(name) if value is None else value
+  return config.flag_or_default(name, DEFAULTS)
 
 
 def make_configs():
@@ -118,20 +112,9 @@ def make_configs():
                                    brax_backend=FLAGS.brax_backend)
   if FLAGS.sweep:
     raise app.UsageError('--sweep is not supported by the RL launcher')
-  algorithms = tuple(a.strip() for a in (resolve('algorithms') or ()) if a.strip())
-  unknown = [a for a in algorithms if a not in mj.ESTIMATORS]
-  if unknown or not algorithms:
-    raise app.UsageError(f'--algorithms: unknown algorithm(s) {unknown} '
-                         f'(choose from {",".join(mj.ESTIMATORS)})')
-  if len(set(algorithms)) != len(algorithms):
-    raise app.UsageError('--algorithms lists an algorithm twice')
-  try:
-    seeds = tuple(int(s) for s in FLAGS.seeds)
-    hidden = tuple(int(h) for h in FLAGS.hidden)
-  except ValueError:
-    raise app.UsageError('--seeds and --hidden must be integer lists') from None
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise app.UsageError('--seeds must list distinct integers')
+  algorithms = config.parse_algorithms(resolve('algorithms'))
+  seeds = config.parse_seeds(FLAGS.seeds)
+  hidden = config.parse_ints('hidden', FLAGS.hidden)
   if not hidden or min(hidden) < 1:
     raise app.UsageError('--hidden must list positive integers')
   optimizer = resolve('meta_optimizer')

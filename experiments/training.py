@@ -117,7 +117,7 @@ def held_out_loss(loss_fn, params, tasks, *, inner_lr, num_inner_steps):
 
   def one(support, query):
     adapted, _ = mj.adapt(loss_fn, params, support, inner_lr=inner_lr,
-                          num_steps=num_inner_steps)
+                          num_inner_steps=num_inner_steps)
     return loss_fn(w0, query), loss_fn(adapted, query)
 
   before, after = jax.vmap(one)(tasks.support, tasks.query)

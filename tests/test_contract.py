@@ -146,11 +146,21 @@ def test_adapt_matches_estimator_inner_loop():
   params = toy.init_mf_params(KEY)
   task = _task()
   adapted, losses = mj.adapt(toy.mf_loss, params, task.support,
-                             inner_lr=0.01, num_steps=2)
+                             inner_lr=0.01, num_inner_steps=2)
   _, aux = _make('fo_maml')(params, task, KEY)
   np.testing.assert_allclose(toy.mf_loss(adapted, task.query),
                              aux.query_loss_after, rtol=1e-6)
   np.testing.assert_allclose(losses, aux.inner_losses, rtol=1e-6)
   same, empty = mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
-                         num_steps=0)
+                         num_inner_steps=0)
   assert same is params and empty.shape == (0,)
+  # The old keyword still works, with a DeprecationWarning, and gives the same.
+  with pytest.warns(DeprecationWarning, match='use num_inner_steps'):
+    old, _ = mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
+                      num_steps=2)
+  jax.tree.map(np.testing.assert_array_equal, old, adapted)
+  with pytest.raises(TypeError, match='both'):
+    mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
+             num_inner_steps=2, num_steps=2)
+  with pytest.raises(TypeError, match='missing'):
+    mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01)

@@ -74,7 +74,7 @@ def test_the_estimators_kept_episodes_are_what_trpo_needs():
   # Re-running the adaptation on the kept episodes gives w_N again, so the TRPO
   # surrogate at w_old is -mean(A) (every ratio 1), as the step assumes.
   adapt = lambda w: mj.adapt(loss, w, mj.PerStep(support), inner_lr=0.1,
-                             num_steps=2)[0]
+                             num_inner_steps=2)[0]
   jax.tree.map(close, adapt(params), w_n)
   # Exact MAML = gradient of the outer loss through the adaptation on the
   # kept episodes, which is the gradient of the TRPO surrogate at w_old.

@@ -298,7 +298,7 @@ def build(env, cfg: RLConfig, *, mesh=None) -> MetaRL:
   def adapt_on(params, support):
     """w_N(params) on the stored episodes S_j (deterministic, differentiable)."""
     w_n, _ = mj.adapt(loss_fn, params, mj.PerStep(support),
-                      inner_lr=cfg.inner_lr, num_steps=num_steps)
+                      inner_lr=cfg.inner_lr, num_inner_steps=num_steps)
     return w_n
 
   def policy_dist(params, obs):

@@ -366,9 +366,10 @@ def _no_steps(params, support, *, evaluate, sampler, key, keep_batches):
 
 
 def adapt(loss_fn: base.LossFn, params: base.Params, support: Any, *,
-          inner_lr, num_steps: int, sampler: base.Sampler = None,
-          key: Optional[chex.PRNGKey] = None, has_aux: bool = False):
-  """Runs the inner loop of eq. (1): ``num_steps`` gradient steps on ``support``.
+          inner_lr, num_inner_steps: Optional[int] = None,
+          sampler: base.Sampler = None, key: Optional[chex.PRNGKey] = None,
+          has_aux: bool = False, num_steps: Optional[int] = None):
+  """Runs the inner loop of eq. (1): N gradient steps on ``support``.
 
   ``adaptation_curve`` does the same and also evaluates every iterate.
 
@@ -379,22 +380,26 @@ def adapt(loss_fn: base.LossFn, params: base.Params, support: Any, *,
       ``inner_lr`` may be None).
     support: a batch, ``PerStep`` or ``Sampled`` (as ``Task.support``).
     inner_lr: alpha, in any form a ``LearnedInnerLR`` accepts (a per-step
-      one needs ``num_steps`` = its length N).
-    num_steps: number of inner steps (0 returns ``params``).
+      one needs ``num_inner_steps`` = its length N).
+    num_inner_steps: N, the number of inner steps (0 returns ``params``), as
+      in the estimators.
     sampler: ``sampler(params, data, key) -> batch`` for ``Sampled`` support.
     key: PRNG key for ``Sampled`` support (split as in ``task_keys``).
     has_aux: ``loss_fn`` returns ``(loss, aux)``; only the loss is used.
+    num_steps: the old name of ``num_inner_steps`` (deprecated: it warns).
 
   Returns:
-    (adapted parameters w_N, support losses l(w_j; S_j) of shape [num_steps]).
+    (adapted parameters w_N, support losses l(w_j; S_j) of shape [N]).
 
   Example:
     >>> w_n, losses = mj.adapt(loss_fn, params, task.support, inner_lr=0.01,
-    ...                        num_steps=5)
+    ...                        num_inner_steps=5)
   """
-  if num_steps != 0:
-    num_steps = validation.check_positive_int(num_steps, 'num_steps')
+  n = validation.renamed(num_inner_steps, num_steps, name='num_inner_steps',
+                         old_name='num_steps', where='adapt')
+  if n != 0:
+    n = validation.check_positive_int(n, 'num_inner_steps')
   curve = adaptation_curve(loss_fn, params, support, inner_lr=inner_lr,
-                           num_steps=num_steps, sampler=sampler, key=key,
+                           num_steps=n, sampler=sampler, key=key,
                            has_aux=has_aux)
   return curve.adapted, curve.support_losses

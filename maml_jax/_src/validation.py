@@ -163,3 +163,30 @@ def check_delta(delta, params, name):
         f'{name}: delta={delta:g} is below sqrt(eps) = {math.sqrt(eps):.2g} of '
         f'{dtype}; rounding error dominates the finite differences. Prefer '
         f'delta >= {math.sqrt(eps):.1g} or float64 parameters.', stacklevel=3)
+
+
+def renamed(value, old_value, *, name, old_name, where):
+  """The value of an argument that was renamed, accepting the old name for now.
+
+  Args:
+    value: what was passed under the new ``name`` (None if nothing).
+    old_value: what was passed under ``old_name`` (None if nothing).
+    name, old_name: the new and the deprecated keyword.
+    where: the function, for the messages.
+
+  Returns:
+    The value; a ``DeprecationWarning`` if it came under the old name.
+
+  Raises:
+    TypeError: if neither or both were passed.
+  """
+  if old_value is None:
+    if value is None:
+      raise TypeError(f'{where}() missing the keyword argument {name!r}.')
+    return value
+  if value is not None:
+    raise TypeError(f'{where}() got both {name!r} and its old name '
+                    f'{old_name!r}; pass {name!r} only.')
+  warnings.warn(f'{where}(..., {old_name}=...) is deprecated; use {name}=...',
+                DeprecationWarning, stacklevel=3)
+  return old_value

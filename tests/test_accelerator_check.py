@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -22,6 +22,8 @@ pytest.importorskip('torch')
 
 import maml_jax as mj
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = mj.ESTIMATORS
 

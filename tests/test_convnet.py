@@ -42,6 +42,7 @@ def _assert_close(a, b):
                a, b)
 
 
+@pytest.mark.slow
 def test_conv_impls_give_the_same_loss_gradient_and_meta_gradient():
   with jax.enable_x64(True):
     # 'xla_vjp' (mj.nn.conv_general_dilated) against lax: tests/test_models.py.
@@ -55,6 +56,7 @@ def test_conv_impls_give_the_same_loss_gradient_and_meta_gradient():
   assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(out['xla'][1])) > 1e-3
 
 
+@pytest.mark.slow
 def test_vmapped_xla_conv_meta_gradient():
   """vmap over tasks (grouped convolutions) gives map's meta-gradient.
 

@@ -67,6 +67,7 @@ def one_process_reference(args):
     flagsaver.restore_flag_values(saved)
 
 
+@pytest.mark.slow
 def test_two_processes_preempted_and_resumed_equal_one_process(tmp_path):
   workdir = tmp_path / 'two'
   args = SINE_ARGS + [f'--workdir={workdir}', '--run_name=run']

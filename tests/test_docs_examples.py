@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = ['README.md'] + sorted(
     p.relative_to(REPO).as_posix() for p in (REPO / 'docs').glob('*.md'))

@@ -38,6 +38,7 @@ MF_ARGS = ['--algorithms=zo_maml', '--seeds=0,1', '--num_iterations=6',
            '--num_directions=3']
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_identical_metrics(tmp_path):
   """Kill after chunk 2 (before its checkpoint is complete), resume, compare."""
   full = run_launcher(mf, MF_ARGS + [f'--workdir={tmp_path}/full'])
@@ -82,6 +83,7 @@ def test_resume_rejects_changed_flags(tmp_path):
   assert sorted(os.listdir(tmp_path)) == [mf.NAME, mf.NAME + '_2']
 
 
+@pytest.mark.slow
 def test_sweep_picks_and_records_hyperparameters(tmp_path):
   result = run_launcher(mf, [
       '--algorithms=ggs_maml', '--seeds=0', '--num_iterations=2',

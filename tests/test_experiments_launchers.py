@@ -48,6 +48,7 @@ def check_training_outputs(run, algorithms, seeds, num_evals):
   return rows
 
 
+@pytest.mark.slow
 def test_matrix_factorization_end_to_end(tmp_path):
   result = run_launcher(mf, [
       '--algorithms=' + ','.join(config.ALGORITHMS), '--seeds=0',
@@ -73,6 +74,7 @@ def test_sine_end_to_end(tmp_path):
     assert (run / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_sine_launcher_learns(tmp_path):
   """500 MAML meta-iterations (seed 0) cut the held-out post-adaptation MSE
   by at least 20%. Measured: 3.658 -> 2.161 (0.59x) for seed 0; seeds 1 and 2
@@ -87,6 +89,7 @@ def test_sine_launcher_learns(tmp_path):
   assert loss[500] < 0.8 * loss[0], loss
 
 
+@pytest.mark.slow
 def test_hessian_estimators_end_to_end(tmp_path):
   results = run_launcher(hessian_estimators, [
       '--problems=matrix_factorization', '--estimators=zo,ggs',

@@ -32,6 +32,8 @@ from launcher_util import start
 from launcher_util import WORKER
 import distributed_worker
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
+
 FLAGS = flags.FLAGS
 ARGS = ['--algorithms=maml', '--seeds=0', '--tasks_per_batch=4',
         '--eval_every=1', '--num_test_tasks=4', '--kshot_steps=1',

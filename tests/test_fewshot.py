@@ -35,6 +35,7 @@ def omniglot_dir(tmp_path_factory):
   return _write_omniglot(tmp_path_factory.mktemp('omniglot'), LAYOUT)
 
 
+@pytest.mark.slow
 def test_launcher_end_to_end_on_omniglot_layout(omniglot_dir, tmp_path):
   result, final = launcher_util.run_launcher(
       fewshot, TINY + [f'--data_dir={omniglot_dir}', f'--workdir={tmp_path}'])

@@ -21,6 +21,7 @@ EST = mj.ggs_maml(toy.mlp_loss, inner_lr=0.01, num_inner_steps=2,
                   num_directions=3, delta=1e-2, loss_before=True)
 
 
+@pytest.mark.slow
 def test_mean_over_tasks_with_split_keys():
   params, tasks = _setup()
   grads, aux = jax.jit(mj.meta_gradient, static_argnums=0)(EST, params, tasks, KEY)
@@ -72,6 +73,7 @@ def test_task_axis_errors():
     mj.meta_gradient(EST, params, (tasks.support, tasks.query), KEY)
 
 
+@pytest.mark.slow
 def test_sharded_task_batch_matches_single_device():
   """A train step on tasks sharded over 4 devices == the same step on one device."""
   assert jax.device_count() >= 4, 'tests/conftest.py forces 4 CPU devices'
@@ -150,6 +152,7 @@ def test_shard_map_with_axis_name_equals_unsharded(name):
                per_device, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task_batching', ['map', 'unroll', 3])
 def test_task_batching_modes_equal_vmap(task_batching):
   """'map', 'unroll' and chunks (3 does not divide 4) are a speed choice only."""
@@ -167,6 +170,7 @@ def test_task_batching_modes_equal_vmap(task_batching):
   assert other_aux.per_task.adapted_params['w1'].shape[0] == 4
 
 
+@pytest.mark.slow
 def test_task_batching_is_validated_and_reaches_the_train_steps():
   import optax
   params, tasks = _setup(4)

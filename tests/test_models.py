@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import maml_jax as mj
 import toy
@@ -81,6 +82,7 @@ def test_batch_norm_uses_this_batch_statistics():
   assert mj.models.BATCH_NORM_EPS == 1e-5  # PyTorch's default
 
 
+@pytest.mark.slow
 def test_convnet_loss_with_accuracy_aux_runs_in_an_estimator():
   net = mj.models.ConvNet(3, filters=4, blocks=2)
   params = mj.models.init_convnet_params(KEY, net, image_shape=(12, 12, 1))

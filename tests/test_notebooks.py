@@ -8,6 +8,9 @@ import pathlib
 
 import nbclient
 import nbformat
+import pytest
+
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

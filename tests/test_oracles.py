@@ -82,6 +82,7 @@ def _mf_problem(seed, d=10):
   return w, batch, v, np.asarray(mj.exact_hvp(_mf_loss)(w, batch, v, None))
 
 
+@pytest.mark.slow
 def test_ggs_error_falls_with_b_and_delta_on_nonlinear_loss():
   w, batch, v, exact = _mf_problem(3)
   err = lambda b, delta, n=400: _rel_err(_mean_estimate(

@@ -74,6 +74,7 @@ def test_wheel_holds_the_library_alone(wheel):
                  for n in names)
 
 
+@pytest.mark.slow
 def test_wheel_runs_outside_the_repository(wheel, tmp_path):
   """Installed on its own (its dependencies from this environment)."""
   site = tmp_path / 'site'

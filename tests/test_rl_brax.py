@@ -18,6 +18,8 @@ import pytest
 from experiments.rl import brax_envs
 from experiments.rl import registry
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -30,6 +30,7 @@ def tiny(algorithm='maml', **kw):
   return metarl.RLConfig(algorithm=algorithm, **{**TINY, **kw})
 
 
+@pytest.mark.slow
 def test_the_estimators_kept_episodes_are_what_trpo_needs():
   """TRPO reuses the estimator's S_j, T and w_N: check they are the real ones."""
   env = envs.navigation2d()
@@ -239,6 +240,7 @@ def test_launcher_cli_rejects_bad_flag_quickly(tmp_path):
   assert 'unknown algorithm' in out.stderr
 
 
+@pytest.mark.slow
 def test_launcher_runs_every_algorithm(tmp_path):
   """CI smoke run: 2 meta-iterations of each paper algorithm, tiny sizes.
 
@@ -285,6 +287,7 @@ def test_launcher_runs_every_algorithm(tmp_path):
   assert len(lines) == 2 + 4
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(tmp_path):
   env = envs.navigation2d()
   configs = {'fo_maml': tiny('fo_maml')}

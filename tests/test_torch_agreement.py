@@ -30,6 +30,8 @@ pytest.importorskip('torch')
 from benchmarks import agreement  # pylint: disable=g-import-not-at-top
 from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
+
 NUM_TASKS = 3
 NUM_STEPS = 3
 NUM_DIRECTIONS = 5

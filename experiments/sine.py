@@ -16,7 +16,8 @@ kshot_mse.png), and one held-out task is drawn in the classic picture
 
 Inner step sizes (flags shared with the matrix-factorization launcher):
 --learn_inner_lr=scalar|per_layer|per_parameter meta-learns alpha with w_0
-(per_parameter is Meta-SGD), --per_step_inner_lr gives one per inner step
+(per_parameter is Meta-SGD; by default alpha trains at 0.1x the meta lr,
+--inner_lr_meta_lr, --inner_lr_optimizer), --per_step_inner_lr gives one per inner step
 (MAML++); the held-out evaluation, the k-step curve and the picture adapt
 with the learned step sizes, and the curve uses the last step's value for
 k > N. --inner_lrs=a,b,c trains and evaluates several fixed alphas as one

@@ -40,7 +40,8 @@ class LearnedInnerLR(NamedTuple):
   ``inner_lr`` for its inner steps and returns its meta-gradient as a
   ``LearnedInnerLR`` too: the gradient w.r.t. w_0 in ``params`` and the
   gradient w.r.t. the step sizes in ``inner_lr`` (shaped like ``inner_lr``).
-  An Optax optimizer then updates both together.
+  An Optax optimizer then updates both; at N >= 2 inner steps give the step
+  sizes their own, smaller learning rate (``partition_inner_lr``).
 
   Attributes:
     params: w_0, the model's meta parameters (any pytree).

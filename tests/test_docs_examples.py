@@ -33,8 +33,10 @@ def python_blocks(page):
 def test_every_page_with_code_is_checked():
   counted = {p: len(python_blocks(p)) for p in PAGES}
   assert counted['README.md'] >= 1 and counted['docs/guide.md'] >= 5, counted
+  # One block is not run (it needs several processes): the page, not its line
+  # number, is checked, so that edits above it do not break the test.
   skipped = [(p, line) for p in PAGES for line, _, s in python_blocks(p) if s]
-  assert skipped == [('docs/distributed.md', 30)], skipped
+  assert [p for p, _ in skipped] == ['docs/distributed.md'], skipped
 
 
 @pytest.mark.parametrize('page', [p for p in PAGES if python_blocks(p)])

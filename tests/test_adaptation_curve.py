@@ -50,7 +50,7 @@ def test_equals_a_loop_of_one_step_adapt_calls():
   w, evals, losses = params, [], []
   for _ in range(k):
     evals.append(loss(w, QUERY))
-    w, support_loss = mj.adapt(loss, w, SUPPORT, inner_lr=0.1, num_steps=1)
+    w, support_loss = mj.adapt(loss, w, SUPPORT, inner_lr=0.1, num_inner_steps=1)
     losses.append(support_loss[0])
   evals.append(loss(w, QUERY))
   assert curve.evaluations.shape == (k + 1,)
@@ -141,7 +141,8 @@ def test_sampled_support_keeps_the_batches_drawn_at_every_iterate():
          SUPPORT['c'] + 0.1 * jax.vmap(lambda kk: jax.random.normal(kk, (D,)))(
              keys) + 0.5 * curve.evaluations[:k])
   # mj.adapt with the same key draws the same batches.
-  _close(mj.adapt(loss, params, mj.Sampled(SUPPORT), inner_lr=0.1, num_steps=k,
+  _close(mj.adapt(loss, params, mj.Sampled(SUPPORT), inner_lr=0.1,
+                  num_inner_steps=k,
                   sampler=_sampler, key=key)[0], curve.adapted)
 
 

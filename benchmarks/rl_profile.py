@@ -160,6 +160,11 @@ def markdown(results):
   total = sum(it['split_s'].values())
   for part, sec in it['split_s'].items():
     lines.append(f'| {part} | {sec:.2f} | {100 * sec / total:.0f}% |')
+  lines += ['', 'The programs timed (best of the repeats; the split above is their '
+            'differences, clipped at 0 where noise makes one negative):', '',
+            '| program | seconds | first call (compile) s |', '|---|---|---|']
+  for name, t in it['timings'].items():
+    lines.append(f"| {name} | {t['seconds']:.3f} | {t['first_call_s']:.1f} |")
   lines += ['', '## Simulation speed (no policy, N(0, 1) actions)', '',
             '| pipeline | horizon | env steps/s | first call (compile) s |',
             '|---|---|---|---|']

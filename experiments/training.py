@@ -270,7 +270,7 @@ def meta_params(params, cfg, inner_lr):
     return params
   return mj.LearnedInnerLR(params, mj.init_inner_lr(
       params, inner_lr, cfg.learn_inner_lr,
-      num_steps=cfg.num_inner_steps if cfg.per_step_inner_lr else None))
+      num_inner_steps=cfg.num_inner_steps if cfg.per_step_inner_lr else None))
 
 
 def _estimator(problem, cfg, algorithm, inner_lr, delta):

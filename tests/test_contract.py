@@ -164,3 +164,9 @@ def test_adapt_matches_estimator_inner_loop():
              num_inner_steps=2, num_steps=2)
   with pytest.raises(TypeError, match='missing'):
     mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01)
+  # init_inner_lr's per-step axis: num_inner_steps, the old num_steps warns.
+  new = mj.init_inner_lr(params, 0.01, 'per_layer', num_inner_steps=2)
+  with pytest.warns(DeprecationWarning, match='use num_inner_steps'):
+    old = mj.init_inner_lr(params, 0.01, 'per_layer', num_steps=2)
+  jax.tree.map(np.testing.assert_array_equal, old, new)
+  assert all(x.shape == (2,) for x in jax.tree.leaves(new))

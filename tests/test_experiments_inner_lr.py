@@ -139,7 +139,7 @@ def test_sine_launcher_with_grid_and_learned_step_sizes(tmp_path):
 
 def test_k_step_curve_uses_the_last_learned_step_past_n():
   params = mj.models.init_sine_params(jax.random.PRNGKey(0))
-  alpha = mj.init_inner_lr(params, 0.01, 'per_layer', num_steps=2)
+  alpha = mj.init_inner_lr(params, 0.01, 'per_layer', num_inner_steps=2)
   alpha = jax.tree.map(lambda a: a * jnp.array([1.0, 3.0]), alpha)
   meta = mj.LearnedInnerLR(params, alpha)
   tasks = mj.tasks.sine_tasks(jax.random.PRNGKey(1), 3, num_support=5,

@@ -40,7 +40,8 @@ def _problem(seed=0):
 
 def _step_sizes(params, kind, per_step, seed=1):
   """Distinct positive values, so a mix-up of entries or steps shows."""
-  base = mj.init_inner_lr(params, 0.3, kind, num_steps=N if per_step else None)
+  base = mj.init_inner_lr(params, 0.3, kind,
+                          num_inner_steps=N if per_step else None)
   rng = np.random.default_rng(seed)
   return jax.tree.map(
       lambda a: a * jnp.asarray(rng.uniform(0.5, 1.5, size=a.shape)), base)

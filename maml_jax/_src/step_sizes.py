@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from maml_jax._src import validation
+
 SCALAR = 'scalar'
 PER_LAYER = 'per_layer'
 PER_PARAMETER = 'per_parameter'
@@ -115,14 +117,16 @@ def partition_inner_lr(
 
 
 def init_inner_lr(params, value: float, kind: str = PER_PARAMETER,
-                  num_steps=None):
+                  num_inner_steps=None, *, num_steps=None):
   """Initial step sizes of the given ``kind``, all equal to ``value``.
 
   Args:
     params: the meta parameters w_0 (a pytree of arrays); dtypes are kept.
     value: the initial alpha.
     kind: 'scalar', 'per_layer' or 'per_parameter' (Meta-SGD).
-    num_steps: if given, a leading axis of this length (one per inner step).
+    num_inner_steps: if given, N: a leading axis of this length, one step
+      size per inner step (MAML++).
+    num_steps: the old name of ``num_inner_steps`` (deprecated: it warns).
 
   Returns:
     A pytree to use as ``LearnedInnerLR.inner_lr``.
@@ -132,7 +136,11 @@ def init_inner_lr(params, value: float, kind: str = PER_PARAMETER,
   leaves = jax.tree.leaves(params)
   if not leaves:
     raise ValueError('params has no array leaves.')
-  lead = () if num_steps is None else (int(num_steps),)
+  if num_steps is not None:
+    num_inner_steps = validation.renamed(
+        num_inner_steps, num_steps, name='num_inner_steps',
+        old_name='num_steps', where='init_inner_lr')
+  lead = () if num_inner_steps is None else (int(num_inner_steps),)
   if kind == SCALAR:
     return jnp.full(lead, value, jnp.result_type(*leaves))
   if kind == PER_LAYER:

@@ -61,7 +61,7 @@ def test_equals_a_loop_of_one_step_adapt_calls():
   assert curve.support_batches is None
   # mj.adapt is the same loop.
   adapted, support_losses = mj.adapt(loss, params, SUPPORT, inner_lr=0.1,
-                                     num_steps=k)
+                                     num_inner_steps=k)
   _close(adapted, curve.adapted)
   _close(support_losses, curve.support_losses)
 

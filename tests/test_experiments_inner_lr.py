@@ -160,7 +160,7 @@ def test_k_step_curve_uses_the_last_learned_step_past_n():
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # For k <= N the curve matches mj.adapt with the same learned step sizes.
   adapted = jax.vmap(lambda s: mj.adapt(
-      mj.models.sine_loss, meta, s, inner_lr=None, num_steps=2)[0])(tasks.support)
+      mj.models.sine_loss, meta, s, inner_lr=None, num_inner_steps=2)[0])(tasks.support)
   after_n = jnp.mean(jax.vmap(mj.models.sine_loss)(adapted, tasks.query))
   np.testing.assert_allclose(got[2], after_n, rtol=1e-5)
 

@@ -287,7 +287,7 @@ def test_adapt_uses_learned_step_sizes():
   params, task = _problem(11)
   inner_lr = _step_sizes(params, 'per_parameter', True)
   w_n, losses = mj.adapt(loss, mj.LearnedInnerLR(params, inner_lr),
-                         task.support, inner_lr=None, num_steps=N)
+                         task.support, inner_lr=None, num_inner_steps=N)
   w = params
   for j in range(N):
     a = _alpha_at(inner_lr, 'per_parameter', True, j, params)

@@ -319,3 +319,24 @@ def test_a_dead_process_makes_the_other_exit_with_a_message(tmp_path, cache):
       text[-3000:])
   # What was checkpointed stays restorable.
   assert rundir.Checkpointer(str(tmp_path / 'run' / 'checkpoints')).latest_step() >= 2
+
+
+def test_a_barrier_that_outlasts_the_deadline_ends_the_process(monkeypatch, capfd):
+  """``stopping.Deadline`` (barriers, checkpoint saves, the stop vote of a
+  multi-process run): past the limit, one line and exit code 1."""
+  import jax  # pylint: disable=g-import-not-at-top
+  exits = []
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(os, '_exit', exits.append)
+  with stopping.Deadline('the checkpoint of iteration 4', seconds=0.2,
+                         where=lambda: 'The checkpoint of iteration 2 is kept.'):
+    time.sleep(1.0)  # a barrier that never completes
+  assert exits == [1]
+  err = capfd.readouterr().err
+  assert ('the checkpoint of iteration 4 did not finish within 0.2 s '
+          '(--distributed_timeout): another process has died') in err
+  assert err.rstrip().endswith('The checkpoint of iteration 2 is kept.')
+  with stopping.Deadline('a quick barrier', seconds=5.0):
+    pass  # done in time: the timer is cancelled
+  time.sleep(0.1)
+  assert exits == [1]

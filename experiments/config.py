@@ -431,7 +431,6 @@ def cli_main(run):
   ``stopping.PREEMPTED_EXIT_CODE`` (75).
   """
   def main(argv):
-    prog = stopping.program_name()
     try:
       if 'reuse_host_memory' not in FLAGS or FLAGS.reuse_host_memory:
         reuse_host_memory()
@@ -439,13 +438,13 @@ def cli_main(run):
       initialize_distributed()
       run(argv)
     except app.UsageError as e:
-      print(f'{prog}: error: {e}', file=sys.stderr)
+      stopping.say(f'error: {e}')
       sys.exit(2)
     except (DistributedError, stopping.RunFailed) as e:
-      print(f'{prog}: error: {e}', file=sys.stderr)
+      stopping.say(f'error: {e}')
       sys.exit(1)
     except stopping.Preempted as e:
-      print(f'{prog}: {e}', file=sys.stderr)
+      stopping.say(str(e))
       sys.exit(stopping.PREEMPTED_EXIT_CODE)
   return main
 

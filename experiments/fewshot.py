@@ -169,8 +169,8 @@ def adaptation_curve(loss_fn, params, tasks, *, inner_lr, num_steps,
 
   def one(support, query):
     loss, aux = mj.adaptation_curve(
-        loss_fn, params, support, inner_lr=inner_lr, num_steps=num_steps,
-        num_inner_steps=num_inner_steps, has_aux=True,
+        loss_fn, params, support, inner_lr=inner_lr, num_inner_steps=num_steps,
+        inner_lr_steps=num_inner_steps, has_aux=True,
         evaluate=lambda w: loss_fn(w, query)).evaluations
     return loss, aux['accuracy']
 
@@ -387,7 +387,7 @@ def run(argv, chunk_hook=None):
     """Query labels predicted for ``example`` after the evaluation's steps."""
     adapted = mj.adaptation_curve(
         loss_fn, params, example.support, inner_lr=inner_lr,
-        num_steps=FLAGS.eval_inner_steps, num_inner_steps=cfg.num_inner_steps,
+        num_inner_steps=FLAGS.eval_inner_steps, inner_lr_steps=cfg.num_inner_steps,
         has_aux=True).adapted
     return jnp.argmax(model.apply(adapted, example.query['x']), axis=-1)
 

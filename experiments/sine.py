@@ -88,7 +88,7 @@ def k_step_mse(params, tasks, *, inner_lr, max_steps, num_inner_steps=None):
   def one(support, query):
     return mj.adaptation_curve(
         mj.models.sine_loss, params, support, inner_lr=inner_lr,
-        num_steps=max_steps, num_inner_steps=num_inner_steps,
+        num_inner_steps=max_steps, inner_lr_steps=num_inner_steps,
         evaluate=lambda w: mj.models.sine_loss(w, query)).evaluations
 
   return jnp.mean(jax.vmap(one)(tasks.support, tasks.query), axis=0)
@@ -118,7 +118,7 @@ def fit_picture(params, run_dir, algorithm, *, key, num_support, inner_lr,
   x = jnp.linspace(*mj.tasks.SINE_X, 200)[:, None]
   curve = mj.adaptation_curve(
       mj.models.sine_loss, params, support, inner_lr=inner_lr,
-      num_steps=max(steps), num_inner_steps=num_inner_steps,
+      num_inner_steps=max(steps), inner_lr_steps=num_inner_steps,
       evaluate=lambda w: mj.models.SineMLP().apply(w, x)[:, 0])
   predictions = {'meta-learned init (k=0)': curve.evaluations[0]}
   for k in steps:

@@ -14,8 +14,9 @@ from maml_jax._src.base import MetaEstimator
 from maml_jax._src.base import PerStep
 from maml_jax._src.base import Sampled
 from maml_jax._src.base import Task
+from maml_jax._src.estimators import custom_estimator
 from maml_jax._src.estimators import ESTIMATORS
-from maml_jax._src.estimators import estimator
+from maml_jax._src.estimators import estimator  # deprecated: custom_estimator
 from maml_jax._src.estimators import estimator_kwargs
 from maml_jax._src.estimators import fo_maml
 from maml_jax._src.estimators import ggs_maml
@@ -36,7 +37,7 @@ from maml_jax._src.oracles import exact_hvp
 from maml_jax._src.oracles import fd_hvp
 from maml_jax._src.oracles import gaussian_directions
 from maml_jax._src.oracles import ggs_hvp
-from maml_jax._src.oracles import no_hvp
+from maml_jax._src.oracles import no_hvp  # deprecated: hvp=None
 from maml_jax._src.oracles import task_keys
 from maml_jax._src.oracles import TaskKeys
 from maml_jax._src.oracles import zo_hvp
@@ -75,6 +76,7 @@ __all__ = (
     'check_task_batching',
     'choose_task_batching',
     'constrain_tasks',
+    'custom_estimator',
     'estimator',
     'estimator_hyperparameters',
     'estimator_kwargs',

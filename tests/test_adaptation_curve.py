@@ -1,5 +1,7 @@
 """mj.adaptation_curve: K inner steps with every iterate evaluated."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,7 +47,7 @@ def _step(w, batch, alpha):
 def test_equals_a_loop_of_one_step_adapt_calls():
   params, k = _params(), 5
   curve = jax.jit(lambda p: mj.adaptation_curve(
-      loss, p, SUPPORT, inner_lr=0.1, num_steps=k,
+      loss, p, SUPPORT, inner_lr=0.1, num_inner_steps=k,
       evaluate=lambda w: loss(w, QUERY)))(params)
   w, evals, losses = params, [], []
   for _ in range(k):
@@ -70,7 +72,7 @@ def test_per_step_sizes_past_n_use_the_last_one():
   params, n, k = _params(1), 2, 5
   alpha = {'a': jnp.array([0.05, 0.2]), 'b': jnp.array([0.1, 0.3])}  # per layer
   curve = mj.adaptation_curve(loss, mj.LearnedInnerLR(params, alpha), SUPPORT,
-                              num_steps=k, num_inner_steps=n,
+                              num_inner_steps=k, inner_lr_steps=n,
                               evaluate=lambda w: loss(w, QUERY))
   w, evals = params, []
   for j in range(k):
@@ -81,17 +83,41 @@ def test_per_step_sizes_past_n_use_the_last_one():
   _close(curve.adapted, w)
   # K < N: the first K step sizes.
   short = mj.adaptation_curve(loss, params, SUPPORT, inner_lr=alpha,
-                              num_steps=1, num_inner_steps=n)
+                              num_inner_steps=1, inner_lr_steps=n)
   _close(short.adapted, _step(params, SUPPORT, {'a': 0.05, 'b': 0.1}))
-  # Without num_inner_steps, N = K: a [2] step size does not fit 5 steps.
+  # Without inner_lr_steps, N = K: a [2] step size does not fit 5 steps.
   with pytest.raises(ValueError, match='does not fit'):
-    mj.adaptation_curve(loss, params, SUPPORT, inner_lr=alpha, num_steps=k)
+    mj.adaptation_curve(loss, params, SUPPORT, inner_lr=alpha, num_inner_steps=k)
+
+
+def test_old_num_steps_still_works_with_one_warning():
+  """The old call, num_steps=K with num_inner_steps=N, is the new
+  num_inner_steps=K with inner_lr_steps=N; it warns once, at the caller."""
+  params, n, k = _params(1), 2, 5
+  alpha = {'a': jnp.array([0.05, 0.2]), 'b': jnp.array([0.1, 0.3])}
+  new = mj.adaptation_curve(loss, params, SUPPORT, inner_lr=alpha,
+                            num_inner_steps=k, inner_lr_steps=n)
+  for old_keywords in (dict(num_steps=k, num_inner_steps=n),
+                       dict(num_steps=k, inner_lr_steps=n)):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      old = mj.adaptation_curve(loss, params, SUPPORT, inner_lr=alpha,
+                                **old_keywords)
+    assert [(w.category, w.filename) for w in caught] == [
+        (DeprecationWarning, __file__)], caught
+    assert 'use num_inner_steps=K, inner_lr_steps=N' in str(caught[0].message)
+    _close(old, new)
+  with pytest.raises(TypeError, match='inner_lr_steps=N only'):
+    mj.adaptation_curve(loss, params, SUPPORT, inner_lr=alpha, num_steps=k,
+                        num_inner_steps=n, inner_lr_steps=n)
+  with pytest.raises(TypeError, match="missing the keyword argument 'num_inner_steps'"):
+    mj.adaptation_curve(loss, params, SUPPORT, inner_lr=0.1, inner_lr_steps=n)
 
 
 def test_evaluate_returns_any_pytree():
   params, k = _params(2), 3
   curve = mj.adaptation_curve(
-      loss, params, SUPPORT, inner_lr=0.1, num_steps=k,
+      loss, params, SUPPORT, inner_lr=0.1, num_inner_steps=k,
       evaluate=lambda w: {'query': loss(w, QUERY), 'w': w,
                           'pair': (w['b'], jnp.int32(7))})
   assert curve.evaluations['query'].shape == (k + 1,)
@@ -107,12 +133,12 @@ def test_learned_inner_lr_is_used():
   params = _params(3)
   alpha = mj.init_inner_lr(params, 0.07, 'per_parameter')
   learned = mj.adaptation_curve(loss, mj.LearnedInnerLR(params, alpha), SUPPORT,
-                                num_steps=2, evaluate=lambda w: loss(w, QUERY))
-  given = mj.adaptation_curve(loss, params, SUPPORT, inner_lr=0.07, num_steps=2,
+                                num_inner_steps=2, evaluate=lambda w: loss(w, QUERY))
+  given = mj.adaptation_curve(loss, params, SUPPORT, inner_lr=0.07, num_inner_steps=2,
                               evaluate=lambda w: loss(w, QUERY))
   _close(learned, given)
   with pytest.raises(ValueError, match='inner_lr is None'):
-    mj.adaptation_curve(loss, params, SUPPORT, num_steps=2)
+    mj.adaptation_curve(loss, params, SUPPORT, num_inner_steps=2)
 
 
 def _sampler(w, data, key):
@@ -125,7 +151,7 @@ def test_sampled_support_keeps_the_batches_drawn_at_every_iterate():
   params, k = _params(4), 3
   key = jax.random.PRNGKey(9)
   curve = jax.jit(lambda p, key: mj.adaptation_curve(
-      loss, p, mj.Sampled(SUPPORT), inner_lr=0.1, num_steps=k,
+      loss, p, mj.Sampled(SUPPORT), inner_lr=0.1, num_inner_steps=k,
       sampler=_sampler, key=key, keep_batches=True,
       evaluate=lambda w: w['a']))(params, key)
   keys = mj.task_keys(key, k).support
@@ -150,9 +176,9 @@ def test_has_aux_uses_only_the_loss():
   params = _params(5)
   with_aux = lambda w, b: (loss(w, b), {'r': w['b']})
   curve = mj.adaptation_curve(with_aux, params, SUPPORT, inner_lr=0.1,
-                              num_steps=2, has_aux=True,
+                              num_inner_steps=2, has_aux=True,
                               evaluate=lambda w: with_aux(w, QUERY))
-  plain = mj.adaptation_curve(loss, params, SUPPORT, inner_lr=0.1, num_steps=2,
+  plain = mj.adaptation_curve(loss, params, SUPPORT, inner_lr=0.1, num_inner_steps=2,
                               evaluate=lambda w: loss(w, QUERY))
   query_loss, aux = curve.evaluations
   _close(query_loss, plain.evaluations)
@@ -164,21 +190,21 @@ def test_per_step_support_and_zero_steps():
   params, k = _params(6), 2
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), SUPPORT, QUERY)
   curve = mj.adaptation_curve(loss, params, mj.PerStep(stacked), inner_lr=0.1,
-                              num_steps=k, keep_batches=True)
+                              num_inner_steps=k, keep_batches=True)
   _close(curve.adapted, _step(_step(params, SUPPORT, 0.1), QUERY, 0.1))
   _close(curve.support_batches, stacked)
-  with pytest.raises(ValueError, match='leading axis of num_steps=3'):
+  with pytest.raises(ValueError, match='leading axis of num_inner_steps=3'):
     mj.adaptation_curve(loss, params, mj.PerStep(stacked), inner_lr=0.1,
-                        num_steps=3)
+                        num_inner_steps=3)
   none = mj.adaptation_curve(loss, params, mj.Sampled(SUPPORT), inner_lr=0.1,
-                             num_steps=0, sampler=_sampler, keep_batches=True,
+                             num_inner_steps=0, sampler=_sampler, keep_batches=True,
                              evaluate=lambda w: loss(w, QUERY))
   _close(none.adapted, params)
   assert none.support_losses.shape == (0,)
   _close(none.evaluations, loss(params, QUERY)[None])
   assert none.support_batches['c'].shape == (0, D)
-  with pytest.raises(ValueError, match='num_steps'):
-    mj.adaptation_curve(loss, params, SUPPORT, inner_lr=0.1, num_steps=-1)
+  with pytest.raises(ValueError, match='num_inner_steps'):
+    mj.adaptation_curve(loss, params, SUPPORT, inner_lr=0.1, num_inner_steps=-1)
 
 
 def test_estimator_kwargs_keeps_what_the_estimator_takes():

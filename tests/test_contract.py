@@ -1,6 +1,8 @@
 """The shared contract every estimator meets (as optax's _common_test does),
 and the clear errors for bad input."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,7 +70,7 @@ def test_contract_with_learned_step_sizes(name):
   params = toy.init_mf_params(KEY)
   meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.01,
                                                     'per_parameter',
-                                                    num_steps=2))
+                                                    num_inner_steps=2))
   est = jax.jit(_make(name, loss, inner_lr=None))
   grads, aux = est(meta, _task(), KEY)
   assert isinstance(grads, mj.LearnedInnerLR) and bool(aux.finite)
@@ -142,6 +144,60 @@ def test_bad_tasks_fail_at_trace_time():
                                  KEY)
 
 
+def _deprecated(call, match):
+  """``call()``, checking that it warned exactly once, deprecated, at its caller."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    out = call()
+  assert [(w.category, w.filename) for w in caught] == [
+      (DeprecationWarning, __file__)], [(w.message, w.filename) for w in caught]
+  assert match in str(caught[0].message), caught[0].message
+  return out
+
+
+def test_custom_estimator_composes_any_oracle():
+  """custom_estimator is the recursion the named estimators are built from:
+  exact H v gives MAML's product, hvp=None FO-MAML; any oracle plugs in."""
+  params, task = toy.init_mf_params(KEY), _task()
+  hp = dict(inner_lr=0.01, num_inner_steps=2)
+
+  def close(est, reference):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+                 est(params, task, KEY)[0], reference(params, task, KEY)[0])
+
+  close(mj.custom_estimator(toy.mf_loss, mj.exact_hvp(toy.mf_loss), **hp),
+        mj.maml(toy.mf_loss, backprop='product', **hp))
+  close(mj.custom_estimator(toy.mf_loss, None, **hp), mj.fo_maml(toy.mf_loss, **hp))
+  zero = lambda w, batch, v, key: jax.tree.map(jnp.zeros_like, v)
+  close(mj.custom_estimator(toy.mf_loss, zero, **hp), mj.fo_maml(toy.mf_loss, **hp))
+  with pytest.raises(ValueError, match='hvp must be callable'):
+    mj.custom_estimator(toy.mf_loss, 'exact', **hp)
+
+
+def test_deprecated_names_warn_once_and_forward():
+  """mj.estimator, its autodiff=True and mj.no_hvp still work, warning once each."""
+  params, task = toy.init_mf_params(KEY), _task()
+  hp = dict(inner_lr=0.01, num_inner_steps=2)
+  grads = lambda est: est(params, task, KEY)[0]
+  exact = mj.exact_hvp(toy.mf_loss)
+  old = _deprecated(lambda: mj.estimator(toy.mf_loss, exact, **hp),
+                    'use maml_jax.custom_estimator')
+  np.testing.assert_array_equal(
+      grads(old), grads(mj.custom_estimator(toy.mf_loss, exact, **hp)))
+  old = _deprecated(lambda: mj.estimator(toy.mf_loss, **hp), 'hvp=None')
+  np.testing.assert_array_equal(grads(old), grads(mj.fo_maml(toy.mf_loss, **hp)))
+  old = _deprecated(lambda: mj.estimator(toy.mf_loss, None, autodiff=True, **hp),
+                    "maml(..., backprop='autodiff')")
+  np.testing.assert_array_equal(
+      grads(old), grads(mj.maml(toy.mf_loss, backprop='autodiff', **hp)))
+  zero = _deprecated(lambda: mj.no_hvp(toy.mf_loss), 'pass hvp=None')
+  v = jnp.ones_like(params)
+  np.testing.assert_array_equal(zero(params, task.support, v, None), 0 * v)
+  np.testing.assert_allclose(
+      grads(mj.custom_estimator(toy.mf_loss, zero, **hp)),
+      grads(mj.fo_maml(toy.mf_loss, **hp)), rtol=1e-6)
+
+
 def test_adapt_matches_estimator_inner_loop():
   params = toy.init_mf_params(KEY)
   task = _task()
@@ -154,10 +210,10 @@ def test_adapt_matches_estimator_inner_loop():
   same, empty = mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
                          num_inner_steps=0)
   assert same is params and empty.shape == (0,)
-  # The old keyword still works, with a DeprecationWarning, and gives the same.
-  with pytest.warns(DeprecationWarning, match='use num_inner_steps'):
-    old, _ = mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
-                      num_steps=2)
+  # The old keyword still works, with one DeprecationWarning, and gives the same.
+  old, _ = _deprecated(lambda: mj.adapt(toy.mf_loss, params, task.support,
+                                        inner_lr=0.01, num_steps=2),
+                       'use num_inner_steps')
   jax.tree.map(np.testing.assert_array_equal, old, adapted)
   with pytest.raises(TypeError, match='both'):
     mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
@@ -166,7 +222,7 @@ def test_adapt_matches_estimator_inner_loop():
     mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01)
   # init_inner_lr's per-step axis: num_inner_steps, the old num_steps warns.
   new = mj.init_inner_lr(params, 0.01, 'per_layer', num_inner_steps=2)
-  with pytest.warns(DeprecationWarning, match='use num_inner_steps'):
-    old = mj.init_inner_lr(params, 0.01, 'per_layer', num_steps=2)
+  old = _deprecated(lambda: mj.init_inner_lr(params, 0.01, 'per_layer',
+                                             num_steps=2), 'use num_inner_steps')
   jax.tree.map(np.testing.assert_array_equal, old, new)
   assert all(x.shape == (2,) for x in jax.tree.leaves(new))

@@ -223,7 +223,7 @@ def test_every_estimator_and_the_fused_loop_learn_step_sizes():
   params, task = _problem(8)
   tasks = jax.tree.map(lambda x: jnp.stack([x, 0.5 * x]), task)
   meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.1, 'per_layer',
-                                                    num_steps=N))
+                                                    num_inner_steps=N))
   opt = optax.adam(1e-2)
   hyper = dict(num_directions=2, delta=1e-2)
   for name in mj.ESTIMATORS:

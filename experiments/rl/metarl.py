@@ -407,7 +407,7 @@ def evaluate(meta: MetaRL, params, key, *, num_tasks, num_steps):
   def one_task(goal, k):
     episodes = mj.adaptation_curve(
         meta.loss_fn, params, mj.Sampled(goal), inner_lr=cfg.inner_lr,
-        num_steps=num_steps + 1, sampler=meta.sampler, key=k,
+        num_inner_steps=num_steps + 1, sampler=meta.sampler, key=k,
         keep_batches=True).support_batches
     return jnp.mean(jnp.sum(episodes['rewards'], -1), axis=-1), episodes['obs']
 

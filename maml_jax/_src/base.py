@@ -90,6 +90,9 @@ class MetaEstimator(Protocol):
   """``est(params, task, key) -> (meta_grads, EstimatorAux)`` for ONE task.
 
   ``params`` is w_0, or a ``LearnedInnerLR`` (then so is ``meta_grads``).
+  Every builder returns one: the named factories (``maml`` ... ``hf_maml``,
+  whose names are ``ESTIMATORS``), ``make_estimator(name, ...)`` and
+  ``custom_estimator(loss_fn, hvp, ...)``.
   """
 
   def __call__(self, params: Params, task: Task,
@@ -98,7 +101,11 @@ class MetaEstimator(Protocol):
 
 
 class HvpOracle(Protocol):
-  """``hvp(params, batch, v, key) -> H v`` (exact or estimated Hessian of loss)."""
+  """``hvp(params, batch, v, key) -> H v`` (exact or estimated Hessian of loss).
+
+  What ``custom_estimator`` plugs into the backward recursion, where
+  ``hvp=None`` means first order (no Hessian terms).
+  """
 
   def __call__(self, params: Params, batch: Batch, v: Params,
                key: chex.PRNGKey) -> Params:

@@ -8,7 +8,7 @@ oracle plugged into the backward recursion:
                                      eq. (8); docs/design.md, 'Step sizes'
 
 so that v = prod_j (I - alpha H_j) grad l(w_N; T), with H_j v from
-``exact_hvp`` (MAML), nothing (FO-MAML), ``zo_hvp`` (eq. 17, ZO-MAML),
+``exact_hvp`` (MAML), none (``hvp=None``, FO-MAML), ``zo_hvp`` (eq. 17, ZO-MAML),
 ``ggs_hvp`` (eq. 18/19, GGS-MAML) or ``fd_hvp`` (HF-MAML). Three builders
 compute it:
 
@@ -287,28 +287,41 @@ def _explicit_product(s: _Settings, hvp: base.HvpOracle):
   return est
 
 
-def estimator(loss_fn: base.LossFn,
-              hvp: Optional[base.HvpOracle] = None,
-              *,
-              inner_lr=None,
-              num_inner_steps: int,
-              sampler: base.Sampler = None,
-              remat=False,
-              autodiff: bool = False,
-              keep_batches: bool = False,
-              has_aux: bool = False,
-              loss_before: bool = False) -> base.MetaEstimator:
-  """Builds a per-task meta-gradient estimator from a Hessian-vector oracle.
+def _build(s: _Settings, hvp, *, autodiff=False) -> base.MetaEstimator:
+  """The builder of the recursion for ``hvp`` (None: first order)."""
+  if autodiff:
+    return _through_scan(s)
+  if hvp is None:
+    return _first_order(s)
+  validation.check_callable(hvp, 'hvp')
+  return _explicit_product(s, hvp)
+
+
+def custom_estimator(loss_fn: base.LossFn,
+                     hvp: Optional[base.HvpOracle],
+                     *,
+                     inner_lr=None,
+                     num_inner_steps: int,
+                     sampler: base.Sampler = None,
+                     remat=False,
+                     keep_batches: bool = False,
+                     has_aux: bool = False,
+                     loss_before: bool = False) -> base.MetaEstimator:
+  """Builds a per-task meta-gradient estimator from any Hessian-vector oracle.
 
   G = prod_{j=0}^{N-1} (I - alpha_j H_j) grad l(w_N; T)     (eq. 8 / eq. 19)
+
+  The named estimators (``maml``, ``fo_maml``, ``zo_maml``, ``ggs_maml``,
+  ``hf_maml``) are this builder with one of the library's oracles; give it
+  your own ``hvp`` to try another Hessian estimate in the same recursion.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``; the whole model contract.
       With ``has_aux=True``: ``loss_fn(params, batch) -> (scalar, aux)``.
     hvp: ``hvp(params, batch, v, key) -> H v`` for the H_j terms (evaluated on
       the Hessian batch D_j at w_j with step j's direction key; an oracle of
-      the scalar loss), or None for first-order MAML (no Hessian terms:
-      G = grad l(w_N; T)).
+      the scalar loss), or None for first-order MAML: no Hessian terms,
+      G = grad l(w_N; T), without the recursion or its memory (``fo_maml``).
     inner_lr: alpha, the inner stepsize: a positive Python number, or data
       (an array, a tracer, a pytree in any form ``LearnedInnerLR`` accepts)
       that may be vmapped over and differentiated. None: the estimator must
@@ -319,9 +332,6 @@ def estimator(loss_fn: base.LossFn,
     remat: False (keep every iterate, memory O(N d)), True (keep every
       ceil(sqrt(N))-th and recompute, memory O(sqrt(N) d)) or an int segment
       length.
-    autodiff: compute the meta-gradient as ``jax.grad`` of l(w_N(w); T)
-      through the scan instead of the explicit product (exact Hessians only;
-      requires ``task.hessian is None``). Ignores ``hvp``.
     keep_batches: also return the batches the estimator used, S_0..S_{N-1}
       stacked ([N, ...]) and T, in ``aux.support_batches`` / ``aux.query_batch``
       (the sampled episodes of an RL task, say, so that a trust-region step can
@@ -340,16 +350,38 @@ def estimator(loss_fn: base.LossFn,
     ``est(params, task, key) -> (meta_grads, EstimatorAux)`` for one task;
     with a ``LearnedInnerLR`` as params, meta_grads is a ``LearnedInnerLR``
     (the gradients w.r.t. w_0 and w.r.t. the step sizes).
+
+  Example:
+    >>> my_hvp = lambda params, batch, v, key: ...      # H v, any estimate
+    >>> est = mj.custom_estimator(loss_fn, my_hvp, inner_lr=0.01,
+    ...                           num_inner_steps=3)
+    >>> fo = mj.custom_estimator(loss_fn, None, inner_lr=0.01,
+    ...                          num_inner_steps=3)      # = mj.fo_maml
   """
   s = _settings(loss_fn, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
                 sampler=sampler, remat=remat, keep_batches=keep_batches,
                 loss_before=loss_before, has_aux=has_aux)
+  return _build(s, hvp)
+
+
+def estimator(loss_fn: base.LossFn,
+              hvp: Optional[base.HvpOracle] = None,
+              *,
+              autodiff: bool = False,
+              **kwargs) -> base.MetaEstimator:
+  """Deprecated: the old name of ``custom_estimator`` (it warns).
+
+  ``autodiff=True`` (``jax.grad`` through the inner scan, ignoring ``hvp``)
+  is ``maml(..., backprop='autodiff')``.
+  """
   if autodiff:
-    return _through_scan(s)
-  if hvp is None:
-    return _first_order(s)
-  validation.check_callable(hvp, 'hvp')
-  return _explicit_product(s, hvp)
+    validation.deprecated(
+        "maml_jax.estimator(..., autodiff=True) is deprecated; use "
+        "maml_jax.maml(..., backprop='autodiff').")
+    return maml(loss_fn, backprop='autodiff', **kwargs)
+  validation.deprecated('maml_jax.estimator is deprecated; use '
+                        'maml_jax.custom_estimator (hvp=None: first order).')
+  return custom_estimator(loss_fn, hvp, **kwargs)
 
 
 def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
@@ -369,8 +401,8 @@ def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
       ``task.hessian`` is None, else product). In the finite-sum case both
       agree to float precision, step-size gradients included.
     inner_lr, num_inner_steps, sampler, remat, keep_batches, has_aux,
-      loss_before: as ``estimator`` (``inner_lr`` None takes the step sizes
-      from a ``LearnedInnerLR`` passed as params).
+      loss_before: as ``custom_estimator`` (``inner_lr`` None takes the step
+      sizes from a ``LearnedInnerLR`` passed as params).
 
   Returns:
     ``est(params, task, key) -> (meta_grads, EstimatorAux)``.
@@ -384,11 +416,11 @@ def maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
   kwargs = dict(inner_lr=inner_lr, num_inner_steps=num_inner_steps,
                 sampler=sampler, remat=remat, keep_batches=keep_batches,
                 has_aux=has_aux, loss_before=loss_before)
-  hvp = oracles.exact_hvp(validation.value_only(loss_fn, has_aux))
-  product = estimator(loss_fn, hvp, **kwargs)
+  s = _settings(loss_fn, **kwargs)
+  product = _build(s, oracles.exact_hvp(s.value_fn))
   if backprop == 'product':
     return product
-  through_scan = estimator(loss_fn, None, autodiff=True, **kwargs)
+  through_scan = _build(s, None, autodiff=True)
   if backprop == 'autodiff':
     return through_scan
 
@@ -408,13 +440,14 @@ def fo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
 
   Memory O(d) whatever N (``remat`` is accepted for a uniform API and has
   nothing to save). With learned step sizes it keeps the N inner gradients
-  g_j for dL/d alpha_j = -g_j ⊙ grad l(w_N; T): O(N d).
+  g_j for dL/d alpha_j = -g_j ⊙ grad l(w_N; T): O(N d). The same as
+  ``custom_estimator(loss_fn, None, ...)``: ``hvp=None`` means first order.
   """
   validation.check_remat(remat)
-  return estimator(loss_fn, None, inner_lr=inner_lr,
-                   num_inner_steps=num_inner_steps, sampler=sampler,
-                   keep_batches=keep_batches, has_aux=has_aux,
-                   loss_before=loss_before)
+  return custom_estimator(loss_fn, None, inner_lr=inner_lr,
+                          num_inner_steps=num_inner_steps, sampler=sampler,
+                          keep_batches=keep_batches, has_aux=has_aux,
+                          loss_before=loss_before)
 
 
 def zo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
@@ -427,15 +460,16 @@ def zo_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
   Fresh Gaussian directions for every task, inner step and call. The default
   is the paper's estimator, biased by (l_delta - l)/delta^2 I (Proposition 5);
   ``subtract_identity=True`` is the ES-MAML (u u^T - I) variant, which is not
-  the paper's ZO-MAML. See ``zo_hvp``; other arguments as ``estimator``.
+  the paper's ZO-MAML. See ``zo_hvp``; other arguments as
+  ``custom_estimator``.
   """
   hvp = oracles.zo_hvp(validation.value_only(loss_fn, has_aux),
                        num_directions=num_directions, delta=delta,
                        subtract_identity=subtract_identity)
-  return estimator(loss_fn, hvp, inner_lr=inner_lr,
-                   num_inner_steps=num_inner_steps, sampler=sampler,
-                   remat=remat, keep_batches=keep_batches, has_aux=has_aux,
-                   loss_before=loss_before)
+  return custom_estimator(loss_fn, hvp, inner_lr=inner_lr,
+                          num_inner_steps=num_inner_steps, sampler=sampler,
+                          remat=remat, keep_batches=keep_batches,
+                          has_aux=has_aux, loss_before=loss_before)
 
 
 def ggs_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
@@ -448,14 +482,14 @@ def ggs_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
 
   The b perturbed gradients of each step are one ``vmap``; fresh directions
   for every task, inner step and call. See ``ggs_hvp``; other arguments as
-  ``estimator``.
+  ``custom_estimator``.
   """
   hvp = oracles.ggs_hvp(validation.value_only(loss_fn, has_aux),
                         num_directions=num_directions, delta=delta)
-  return estimator(loss_fn, hvp, inner_lr=inner_lr,
-                   num_inner_steps=num_inner_steps, sampler=sampler,
-                   remat=remat, keep_batches=keep_batches, has_aux=has_aux,
-                   loss_before=loss_before)
+  return custom_estimator(loss_fn, hvp, inner_lr=inner_lr,
+                          num_inner_steps=num_inner_steps, sampler=sampler,
+                          remat=remat, keep_batches=keep_batches,
+                          has_aux=has_aux, loss_before=loss_before)
 
 
 def hf_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
@@ -467,13 +501,13 @@ def hf_maml(loss_fn: base.LossFn, *, inner_lr=None, num_inner_steps: int,
   H_j v ~ (grad l(w_j + delta v) - grad l(w_j - delta v)) / (2 delta), applied
   to the running vector v of the backward recursion (to alpha_j ⊙ v for
   per-layer or per-parameter step sizes). See ``fd_hvp``; other arguments as
-  ``estimator``.
+  ``custom_estimator``.
   """
   hvp = oracles.fd_hvp(validation.value_only(loss_fn, has_aux), delta=delta)
-  return estimator(loss_fn, hvp, inner_lr=inner_lr,
-                   num_inner_steps=num_inner_steps, sampler=sampler,
-                   remat=remat, keep_batches=keep_batches, has_aux=has_aux,
-                   loss_before=loss_before)
+  return custom_estimator(loss_fn, hvp, inner_lr=inner_lr,
+                          num_inner_steps=num_inner_steps, sampler=sampler,
+                          remat=remat, keep_batches=keep_batches,
+                          has_aux=has_aux, loss_before=loss_before)
 
 
 # The registry: one list of estimator names, one dispatcher.

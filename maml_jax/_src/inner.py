@@ -249,7 +249,7 @@ def _check_per_step_support(support, num_steps):
     if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != num_steps:
       raise ValueError(
           'support is PerStep, so every leaf needs a leading axis of '
-          f'num_steps={num_steps}; got shape {jnp.shape(leaf)}.')
+          f'num_inner_steps={num_steps}; got shape {jnp.shape(leaf)}.')
 
 
 def _stack_with(stacked, last):
@@ -259,14 +259,38 @@ def _stack_with(stacked, last):
       stacked, last)
 
 
+def _curve_lengths(num_inner_steps, inner_lr_steps, num_steps):
+  """(K, N) from ``adaptation_curve``'s keywords, old or new.
+
+  New: K = ``num_inner_steps``, N = ``inner_lr_steps``. Old (deprecated, told
+  apart by ``num_steps``, which it required): K = ``num_steps``, and
+  ``num_inner_steps`` was N.
+  """
+  if num_steps is None:
+    if num_inner_steps is None:
+      raise TypeError('adaptation_curve() missing the keyword argument '
+                      "'num_inner_steps'.")
+    return num_inner_steps, inner_lr_steps
+  if num_inner_steps is not None and inner_lr_steps is not None:
+    raise TypeError('adaptation_curve() got num_steps, num_inner_steps and '
+                    'inner_lr_steps; pass num_inner_steps=K and '
+                    'inner_lr_steps=N only.')
+  validation.deprecated(
+      'adaptation_curve(..., num_steps=K, num_inner_steps=N) is deprecated; '
+      'use num_inner_steps=K, inner_lr_steps=N', stacklevel=3)
+  return num_steps, (inner_lr_steps if num_inner_steps is None
+                     else num_inner_steps)
+
+
 def adaptation_curve(loss_fn: base.LossFn, params: base.Params, support: Any,
-                     *, inner_lr=None, num_steps: int,
+                     *, inner_lr=None, num_inner_steps: Optional[int] = None,
                      evaluate: Optional[Callable[[base.Params], Any]] = None,
-                     num_inner_steps: Optional[int] = None,
+                     inner_lr_steps: Optional[int] = None,
                      sampler: base.Sampler = None,
                      key: Optional[chex.PRNGKey] = None,
                      has_aux: bool = False,
-                     keep_batches: bool = False) -> AdaptationCurve:
+                     keep_batches: bool = False,
+                     num_steps: Optional[int] = None) -> AdaptationCurve:
   """Runs K inner steps and evaluates every iterate w_0..w_K: a learning curve.
 
       w_0 = params,  w_{k+1} = w_k - alpha_k ⊙ grad l(w_k; S_k),  k < K
@@ -278,7 +302,7 @@ def adaptation_curve(loss_fn: base.LossFn, params: base.Params, support: Any,
   support with ``keep_batches``).
 
   The step sizes may be per step, with a leading axis of length N =
-  ``num_inner_steps`` (the inner steps the step sizes were meta-trained for);
+  ``inner_lr_steps`` (the inner steps the step sizes were meta-trained for);
   K may differ from N. Steps k >= N have no step size of their own and use
   the last one, alpha_{N-1}.
 
@@ -288,18 +312,22 @@ def adaptation_curve(loss_fn: base.LossFn, params: base.Params, support: Any,
     params: w_0, or a ``LearnedInnerLR`` whose step sizes are used (then
       ``inner_lr`` may be None).
     support: a batch (used at every step), a ``PerStep`` (leaves with a
-      leading axis of K = ``num_steps``) or a ``Sampled`` (S_k drawn at w_k).
+      leading axis of K = ``num_inner_steps``) or a ``Sampled`` (S_k drawn at
+      w_k).
     inner_lr: alpha, in any form a ``LearnedInnerLR`` accepts; a per-step one
-      has a leading axis of length N = ``num_inner_steps``.
-    num_steps: K >= 0, the number of inner steps.
+      has a leading axis of length N = ``inner_lr_steps``.
+    num_inner_steps: K >= 0, the number of inner steps, as in ``adapt``.
     evaluate: ``evaluate(w) -> pytree`` of arrays (a query loss, a dict of
       metrics, predictions), or None.
-    num_inner_steps: N, the length of a per-step ``inner_lr``; defaults to K.
+    inner_lr_steps: N, the length of a per-step ``inner_lr`` (the
+      ``num_inner_steps`` it was learned for); defaults to K.
     sampler: ``sampler(params, data, key) -> batch`` for ``Sampled`` support.
     key: PRNG key for ``Sampled`` support (split as in ``task_keys`` for K
       steps: the draws depend on K); default ``PRNGKey(0)``.
     has_aux: ``loss_fn`` returns ``(loss, aux)``; only the loss is used.
     keep_batches: also return the support batches S_0..S_{K-1}.
+    num_steps: deprecated (it warns): the old name of K. With it,
+      ``num_inner_steps`` keeps its old meaning, N (now ``inner_lr_steps``).
 
   Returns:
     ``AdaptationCurve(adapted, support_losses, evaluations,
@@ -309,13 +337,15 @@ def adaptation_curve(loss_fn: base.LossFn, params: base.Params, support: Any,
 
   Example:
     >>> curve = mj.adaptation_curve(
-    ...     loss_fn, params, task.support, inner_lr=0.01, num_steps=10,
+    ...     loss_fn, params, task.support, inner_lr=0.01, num_inner_steps=10,
     ...     evaluate=lambda w: loss_fn(w, task.query))
     >>> curve.evaluations        # [11]: query loss after 0, 1, ..., 10 steps
     >>> meta = mj.LearnedInnerLR(params, per_step_alpha)   # leading axis N=3
-    >>> mj.adaptation_curve(loss_fn, meta, support, num_steps=10,
-    ...                     num_inner_steps=3)   # steps 3..9 use alpha_2
+    >>> mj.adaptation_curve(loss_fn, meta, support, num_inner_steps=10,
+    ...                     inner_lr_steps=3)   # steps 3..9 use alpha_2
   """
+  num_steps, inner_lr_steps = _curve_lengths(num_inner_steps, inner_lr_steps,
+                                             num_steps)
   if isinstance(params, step_sizes_lib.LearnedInnerLR):
     params, inner_lr = params.params, params.inner_lr
   validation.check_callable(loss_fn, 'loss_fn')
@@ -326,21 +356,22 @@ def adaptation_curve(loss_fn: base.LossFn, params: base.Params, support: Any,
   inner_lr = validation.check_inner_lr(inner_lr, allow_none=False)
   if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) \
       or num_steps < 0:
-    raise ValueError(f'num_steps must be an integer >= 0, got {num_steps!r}.')
+    raise ValueError('num_inner_steps must be an integer >= 0, got '
+                     f'{num_steps!r}.')
   num_steps = int(num_steps)
   key = jax.random.PRNGKey(0) if key is None else key
   if num_steps == 0:
     return _no_steps(params, support, evaluate=evaluate, sampler=sampler,
                      key=key, keep_batches=keep_batches)
-  num_inner_steps = validation.check_positive_int(
-      num_steps if num_inner_steps is None else num_inner_steps,
-      'num_inner_steps')
+  inner_lr_steps = validation.check_positive_int(
+      num_steps if inner_lr_steps is None else inner_lr_steps,
+      'inner_lr_steps')
   _check_per_step_support(support, num_steps)
   loop = InnerLoop(validation.value_only(loss_fn, has_aux),
                    base.Task(support=support, query=None),
                    oracles.task_keys(key, num_steps),
                    step_sizes=step_sizes_lib.StepSizes.resolve(
-                       inner_lr, params, num_inner_steps),
+                       inner_lr, params, inner_lr_steps),
                    num_steps=num_steps, sampler=sampler,
                    seg=segmentation(num_steps, False),
                    keep_batches=keep_batches, evaluate=evaluate)
@@ -400,6 +431,6 @@ def adapt(loss_fn: base.LossFn, params: base.Params, support: Any, *,
   if n != 0:
     n = validation.check_positive_int(n, 'num_inner_steps')
   curve = adaptation_curve(loss_fn, params, support, inner_lr=inner_lr,
-                           num_steps=n, sampler=sampler, key=key,
+                           num_inner_steps=n, sampler=sampler, key=key,
                            has_aux=has_aux)
   return curve.adapted, curve.support_losses

@@ -93,14 +93,16 @@ def exact_hvp(loss_fn: base.LossFn, *, mode: str = 'auto') -> base.HvpOracle:
 
 
 def no_hvp(loss_fn: base.LossFn) -> base.HvpOracle:
-  """The zero Hessian of first-order MAML (FO-MAML): H v = 0.
+  """Deprecated (it warns): first order is ``hvp=None``.
 
-  ``estimator(loss_fn, no_hvp(loss_fn), ...)`` gives FO-MAML's meta-gradient
-  through the explicit product recursion (useful to compare oracles in one
-  code path); ``fo_maml`` passes ``hvp=None`` instead, which skips the
-  recursion and its memory.
+  The zero Hessian, H v = 0: ``custom_estimator(loss_fn, no_hvp(loss_fn),
+  ...)`` runs the explicit product recursion for FO-MAML's meta-gradient.
+  Say first order with ``hvp=None`` (``custom_estimator(loss_fn, None,
+  ...)``, ``fo_maml``), which skips the recursion and its memory.
   """
   del loss_fn
+  validation.deprecated('maml_jax.no_hvp is deprecated; pass hvp=None for '
+                        'first-order MAML (maml_jax.fo_maml).')
 
   def hvp(params, batch, v, key):
     del params, batch, key

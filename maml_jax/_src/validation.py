@@ -165,6 +165,18 @@ def check_delta(delta, params, name):
         f'delta >= {math.sqrt(eps):.1g} or float64 parameters.', stacklevel=3)
 
 
+def deprecated(message, *, stacklevel=2):
+  """Warns once, with a ``DeprecationWarning``, that an old name was used.
+
+  Every deprecated name of the API goes through here (``renamed`` for
+  keywords, the old functions themselves for functions), so that they all
+  warn the same way: ``message`` says what to use instead, and
+  ``stacklevel`` (counted from the caller of this function) points the
+  warning at the user's call.
+  """
+  warnings.warn(message, DeprecationWarning, stacklevel=stacklevel + 1)
+
+
 def renamed(value, old_value, *, name, old_name, where):
   """The value of an argument that was renamed, accepting the old name for now.
 
@@ -187,6 +199,6 @@ def renamed(value, old_value, *, name, old_name, where):
   if value is not None:
     raise TypeError(f'{where}() got both {name!r} and its old name '
                     f'{old_name!r}; pass {name!r} only.')
-  warnings.warn(f'{where}(..., {old_name}=...) is deprecated; use {name}=...',
-                DeprecationWarning, stacklevel=3)
+  deprecated(f'{where}(..., {old_name}=...) is deprecated; use {name}=...',
+             stacklevel=3)
   return old_value

@@ -3,8 +3,8 @@
   python3 .ci/floors.py requirements   # jax==0.9.0 jaxlib==0.9.0 ... (from install_requires)
   python3 .ci/floors.py tests          # the library tests run at the floors
 
-Used by .ci/floors; tests/test_packaging.py checks that LIBRARY_TESTS is exactly
-the set of test modules that import neither experiments/, benchmarks/ nor torch,
+Used by .ci/floors; tests/repo/test_packaging.py checks that LIBRARY_TESTS (tests/lib/)
+is exactly the set of test modules that import neither experiments/, benchmarks/ nor torch,
 and that FLOOR_TESTS, a part of them, calls every public function they call.
 """
 
@@ -15,20 +15,10 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# The test modules that import maml_jax and the tests' own helpers only.
-LIBRARY_TESTS = (
-    'tests/test_adaptation_curve.py',
-    'tests/test_contract.py',
-    'tests/test_estimators.py',
-    'tests/test_meta.py',
-    'tests/test_models.py',
-    'tests/test_nn.py',
-    'tests/test_oracles.py',
-    'tests/test_sharding.py',
-    'tests/test_step_sizes.py',
-    'tests/test_tasks.py',
-    'tests/test_training.py',
-)
+# The library's own tests: the modules of tests/lib/, which import maml_jax and
+# the tests' own helpers only (tests/repo/test_packaging.py checks it).
+LIBRARY_TESTS = tuple(sorted(
+    p.relative_to(ROOT).as_posix() for p in (ROOT / 'tests' / 'lib').glob('test_*.py')))
 # What .ci/floors runs at the oldest versions (BUILD.md, "Dependency floors"):
 # every public function the library tests call, each at least once, and what
 # failed one version below a floor (vmap over shard_map for jax, optax.tree for
@@ -37,42 +27,42 @@ LIBRARY_TESTS = (
 # code), statistics (Monte Carlo bias and error trends) and conv op cases
 # beyond two, which the full suite runs at the newest versions.
 FLOOR_TESTS = (
-    'tests/test_adaptation_curve.py',
-    'tests/test_contract.py',  # every estimator, learned step sizes, float64, errors
-    'tests/test_estimators.py::test_quadratic_closed_form',
-    'tests/test_estimators.py::test_per_step_support_and_hessian_closed_form',
-    'tests/test_estimators.py::test_sampled_batches_match_manual_resampling',
-    'tests/test_estimators.py::test_registry_builds_every_estimator_and_names_bad_input',
-    'tests/test_meta.py::test_shard_map_with_axis_name_equals_unsharded[maml]',
-    'tests/test_models.py::test_sine_mlp_shapes_and_loss',
-    'tests/test_models.py::test_convnet_parameters_for_omniglot_and_miniimagenet',
-    'tests/test_models.py::test_batch_norm_uses_this_batch_statistics',
-    'tests/test_models.py::test_convnet_loss_with_accuracy_aux_runs_in_an_estimator',
-    'tests/test_nn.py::ConvOpTest::test_matches_lax_to_second_order_same_3x3',
-    'tests/test_nn.py::ConvOpTest::test_matches_lax_to_second_order_dilated_grouped',
-    'tests/test_nn.py::ConvOpTest::test_backward_convolutions_are_canonical',
-    'tests/test_nn.py::MaxPoolTest::test_against_reference_with_ties0',
-    'tests/test_nn.py::MaxPoolTest::test_same_padding_matches_flax',
-    'tests/test_nn.py::AutoTaskBatchingTest::test_library_conv_gets_map_without_warning',
-    'tests/test_nn.py::AutoTaskBatchingTest::test_plain_lax_conv_warns_with_the_fix',
-    'tests/test_nn.py::AutoTaskBatchingTest::test_bad_task_batching_is_named',
-    'tests/test_oracles.py::test_exact_and_fd_are_exact_on_quadratic',
-    'tests/test_oracles.py::test_gaussian_directions_shape_dtype_and_moments',
-    'tests/test_oracles.py::test_ggs_unbiased_and_zo_biased_on_quadratic',
-    'tests/test_oracles.py::test_ggs_maml_refuses_a_delta_lost_to_rounding',
-    'tests/test_sharding.py::test_fused_train_on_mesh_equals_one_device_under_vmap_over_seeds',
-    'tests/test_sharding.py::test_process_local_tasks_make_the_global_batch',
-    'tests/test_sharding.py::test_train_step_on_mesh_splits_a_lax_map_over_the_devices',
-    'tests/test_step_sizes.py::test_fo_maml_step_size_gradient_is_first_order_closed_form',
-    'tests/test_step_sizes.py::test_hf_maml_is_exact_on_quadratics_with_learned_step_sizes',
-    'tests/test_step_sizes.py::test_step_size_forms_and_errors',
-    'tests/test_step_sizes.py::test_zo_step_size_gradient_has_the_constant_level_bias',
-    'tests/test_tasks.py::test_sine_tasks_distribution',
-    'tests/test_tasks.py::test_fewshot_tasks_shapes_and_label_structure',
-    'tests/test_training.py::test_fused_run_equals_loop_of_steps_and_resumes_exactly',
-    'tests/test_training.py::test_meta_training_reduces_meta_loss',
-    'tests/test_training.py::test_all_nonfinite_tasks_skip_the_update',
-    'tests/test_training.py::test_step_compiles_once_for_new_data_and_keys',
+    'tests/lib/test_adaptation_curve.py',
+    'tests/lib/test_contract.py',  # every estimator, learned step sizes, float64, errors
+    'tests/lib/test_estimators.py::test_quadratic_closed_form',
+    'tests/lib/test_estimators.py::test_per_step_support_and_hessian_closed_form',
+    'tests/lib/test_estimators.py::test_sampled_batches_match_manual_resampling',
+    'tests/lib/test_estimators.py::test_registry_builds_every_estimator_and_names_bad_input',
+    'tests/lib/test_meta.py::test_shard_map_with_axis_name_equals_unsharded[maml]',
+    'tests/lib/test_models.py::test_sine_mlp_shapes_and_loss',
+    'tests/lib/test_models.py::test_convnet_parameters_for_omniglot_and_miniimagenet',
+    'tests/lib/test_models.py::test_batch_norm_uses_this_batch_statistics',
+    'tests/lib/test_models.py::test_convnet_loss_with_accuracy_aux_runs_in_an_estimator',
+    'tests/lib/test_nn.py::ConvOpTest::test_matches_lax_to_second_order_same_3x3',
+    'tests/lib/test_nn.py::ConvOpTest::test_matches_lax_to_second_order_dilated_grouped',
+    'tests/lib/test_nn.py::ConvOpTest::test_backward_convolutions_are_canonical',
+    'tests/lib/test_nn.py::MaxPoolTest::test_against_reference_with_ties0',
+    'tests/lib/test_nn.py::MaxPoolTest::test_same_padding_matches_flax',
+    'tests/lib/test_nn.py::AutoTaskBatchingTest::test_library_conv_gets_map_without_warning',
+    'tests/lib/test_nn.py::AutoTaskBatchingTest::test_plain_lax_conv_warns_with_the_fix',
+    'tests/lib/test_nn.py::AutoTaskBatchingTest::test_bad_task_batching_is_named',
+    'tests/lib/test_oracles.py::test_exact_and_fd_are_exact_on_quadratic',
+    'tests/lib/test_oracles.py::test_gaussian_directions_shape_dtype_and_moments',
+    'tests/lib/test_oracles.py::test_ggs_unbiased_and_zo_biased_on_quadratic',
+    'tests/lib/test_oracles.py::test_ggs_maml_refuses_a_delta_lost_to_rounding',
+    'tests/lib/test_sharding.py::test_fused_train_on_mesh_equals_one_device_under_vmap_over_seeds',
+    'tests/lib/test_sharding.py::test_process_local_tasks_make_the_global_batch',
+    'tests/lib/test_sharding.py::test_train_step_on_mesh_splits_a_lax_map_over_the_devices',
+    'tests/lib/test_step_sizes.py::test_fo_maml_step_size_gradient_is_first_order_closed_form',
+    'tests/lib/test_step_sizes.py::test_hf_maml_is_exact_on_quadratics_with_learned_step_sizes',
+    'tests/lib/test_step_sizes.py::test_step_size_forms_and_errors',
+    'tests/lib/test_step_sizes.py::test_zo_step_size_gradient_has_the_constant_level_bias',
+    'tests/lib/test_tasks.py::test_sine_tasks_distribution',
+    'tests/lib/test_tasks.py::test_fewshot_tasks_shapes_and_label_structure',
+    'tests/lib/test_training.py::test_fused_run_equals_loop_of_steps_and_resumes_exactly',
+    'tests/lib/test_training.py::test_meta_training_reduces_meta_loss',
+    'tests/lib/test_training.py::test_all_nonfinite_tasks_skip_the_update',
+    'tests/lib/test_training.py::test_step_compiles_once_for_new_data_and_keys',
 )
 # What the library tests need besides the library (not pinned: test tools).
 TEST_TOOLS = ('pytest', 'pytest-xdist', 'absl-py')

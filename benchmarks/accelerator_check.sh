@@ -19,7 +19,7 @@
 # HalfCheetah needs Brax (pip install -e '.[brax]'); without it the full run
 # records the part as failed (exit code 1 at the end). --quick always runs the
 # 2D navigation task: the CPU smoke run checks this script, and a Brax compile
-# would triple its time (tests/test_rl_brax.py runs HalfCheetah through the
+# would triple its time (tests/experiments/test_rl_brax.py runs HalfCheetah through the
 # same launcher). Exit code: 0 when every part ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."

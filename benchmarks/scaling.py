@@ -1,7 +1,7 @@
 r"""Data-parallel scaling over tasks: tasks per second vs devices and processes.
 
     python -m benchmarks.scaling                  # CPU: 1, 2, 4, 8 forced host devices x 1, 2 processes
-    python -m benchmarks.scaling --quick          # CI-sized (tests/test_benchmarks_scaling.py)
+    python -m benchmarks.scaling --quick          # CI-sized (tests/benchmarks/test_accelerator_check.py runs it)
     python -m benchmarks.scaling --platform=accelerator   # 1, 2, 4, ... of the GPUs/TPUs JAX finds, 1 process
 
 Every configuration runs in fresh processes (``XLA_FLAGS`` is read once, when

@@ -1,4 +1,4 @@
-r"""One process of a multi-process sine training, for tests/test_distributed.py.
+r"""One process of a multi-process sine training, for tests/experiments/test_distributed.py.
 
   python tests/distributed_worker.py --params_out=DIR [--stop_after=K] \
       --coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I \

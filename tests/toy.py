@@ -1,7 +1,7 @@
 """Small models and task samplers of the library's own tests.
 
 The library tests do not import ``experiments/`` (that is the paper's code,
-tested on its own in tests/test_models_and_tasks.py): these stand-ins have the
+tested on its own in tests/experiments/test_models_and_tasks.py): these stand-ins have the
 same shapes of problem, a rank-one matrix factorization (a vector parameter)
 and a one-hidden-layer regression MLP (a dict of parameters).
 """

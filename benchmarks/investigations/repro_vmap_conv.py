@@ -8,8 +8,8 @@ changed in 9679a65 (imports only), not rerun since. Found: under ``jit`` the
 ``jnp.max`` pool after BatchNorm + ReLU, 2 blocks, drops windows of the
 second-order gradient (relative error 2.9e-2 against op by op, float64, JAX
 0.10.2, XLA:CPU); the ``where`` pool is right (8.8e-16). The conv net's pool
-became ``mj.nn.max_pool`` (three ``where``), and tests/test_convnet.py and
-tests/test_torch_agreement.py check the fixed net.
+became ``mj.nn.max_pool`` (three ``where``), and tests/experiments/test_convnet.py and
+tests/benchmarks/test_torch_agreement.py check the fixed net.
 
 Issue 14 found the MAML meta-gradient of the conv net with XLA convolutions
 vmapped over tasks off by a relative error of 0.67 (float64, JAX 0.10.2,

@@ -11,7 +11,7 @@ import torch
 from torch import func as tfunc
 
 # The estimators implemented here: exactly maml_jax's registry
-# (``mj.ESTIMATORS``, checked in tests/test_torch_agreement.py), written out
+# (``mj.ESTIMATORS``, checked in tests/benchmarks/test_torch_agreement.py), written out
 # so that this reference imports neither JAX nor maml_jax.
 ALGORITHMS = ('maml', 'fo_maml', 'zo_maml', 'ggs_maml', 'hf_maml')
 TORCHOPT_ALGORITHMS = ('maml', 'fo_maml')

@@ -46,7 +46,7 @@ TRPO meta-step (``trpo.trpo_step``), what is exact and what is not:
 The estimators are built with ``keep_batches=True``, so they hand back the
 episodes S_j and T they sampled and the adapted parameters w_N
 (``aux.per_task``); the TRPO step uses those very episodes and samples
-nothing itself (checked in tests/test_rl_metarl.py).
+nothing itself (checked in tests/experiments/test_rl_metarl.py).
 
 Every episode simulated in a meta-iteration is one the algorithm needs
 (S_j, D_j, T): the surrogate loss at w_0 on a query batch sampled at w_0

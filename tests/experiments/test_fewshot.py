@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from experiments import fewshot
-from tests import launcher_util
-from tests.test_fewshot_data import _write_omniglot
+import launcher_util
+from test_fewshot_data import _write_omniglot
 
 # 5 characters: 3 train (12 rotation classes), 1 validation, 1 test (4 each).
 LAYOUT = {'images_background': {'Greek': 2, 'Latin': 1},

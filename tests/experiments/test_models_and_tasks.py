@@ -1,6 +1,6 @@
 """The matrix-factorization task sampler and loss of the experiments match the paper.
 
-The sine and few-shot ones are the library's (tests/test_tasks.py, tests/test_models.py).
+The sine and few-shot ones are the library's (tests/lib/test_tasks.py, tests/lib/test_models.py).
 """
 
 import jax

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # The exact command BUILD.md gives, with the output folder in a temp dir.
 COMMAND = [sys.executable, '-m', 'pdoc', '--docformat', 'google', 'maml_jax']

@@ -137,7 +137,7 @@ def test_convnet_agreement_float64(algorithm):
             meta_lr=1e-3)
   with jax.enable_x64(True):
     # The benchmarked configuration: conv_impl 'xla_vjp' (custom VJP, matmul
-    # kernel gradient) in a lax.map (tests/test_convnet.py: every conv_impl
+    # kernel gradient) in a lax.map (tests/experiments/test_convnet.py: every conv_impl
     # gives the same meta-gradient).
     loss_fn, params, tasks = convnet.setup(hp, conv_impl='xla_vjp', dtype=jnp.float64)
     est = convnet.estimator(algorithm, loss_fn, hp)

@@ -1,6 +1,6 @@
 """Tests of the few-shot data sets: glyphs and Omniglot's layout.
 
-Task sampling from them is the library's (tests/test_tasks.py).
+Task sampling from them is the library's (tests/lib/test_tasks.py).
 """
 
 import os

@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 PAGES = ['README.md'] + sorted(
     p.relative_to(REPO).as_posix() for p in (REPO / 'docs').glob('*.md'))
 _BLOCK = re.compile(r'(<!-- not run[^\n]*-->\n)?```python\n(.*?)```', re.S)

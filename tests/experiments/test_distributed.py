@@ -8,7 +8,7 @@ there, and the run is resumed. Both processes must end with identical
 parameters, equal to a 1-process run on this process's 4 devices
 (tests/conftest.py) with the same seed. Every subprocess has a timeout, so a
 hang fails the test instead of blocking CI. More failures (dead processes,
-folders that are not shared): tests/test_faults.py.
+folders that are not shared): tests/experiments/test_faults.py.
 """
 
 import json

@@ -23,7 +23,7 @@ from experiments.rl import report
 from experiments.rl import train
 
 TINY = dict(num_tasks=2, num_episodes=3, hidden=(8,))
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def tiny(algorithm='maml', **kw):

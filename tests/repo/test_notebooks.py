@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):

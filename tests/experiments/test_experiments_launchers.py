@@ -21,7 +21,7 @@ from experiments import hessian_estimators
 from experiments import matrix_factorization as mf
 from experiments import sine
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def check_training_outputs(run, algorithms, seeds, num_evals):

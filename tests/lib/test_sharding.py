@@ -1,6 +1,6 @@
 """The global task mesh on one process (4 forced CPU devices, tests/conftest.py).
 
-Many processes: tests/test_distributed.py.
+Many processes: tests/experiments/test_distributed.py.
 """
 
 import functools

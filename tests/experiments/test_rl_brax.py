@@ -20,7 +20,7 @@ from experiments.rl import registry
 
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def test_task_sampling():

@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # A meta-gradient and a train step through the installed package, run from a
 # folder that is not the repository, with nothing of the repository importable.
@@ -116,12 +116,14 @@ def test_floors_pin_install_requires_and_list_the_library_tests():
   assert {p.split('==')[0] for p in pins} >= {'jax', 'jaxlib', 'optax', 'flax',
                                               'chex', 'numpy'}, pins
   library = set(floors.LIBRARY_TESTS)
-  for path in sorted((REPO / 'tests').glob('test_*.py')):
+  assert library and all(n.startswith('tests/lib/') for n in library), library
+  for path in sorted((REPO / 'tests').rglob('test_*.py')):
     name = path.relative_to(REPO).as_posix()
     beyond = bool(_BEYOND_LIBRARY.search(path.read_text()))
     assert (name in library) == (not beyond), (
-        f'{name}: .ci/floors.py LIBRARY_TESTS must list exactly the test '
-        'modules that use the library alone')
+        f'{name}: tests/lib/ must hold exactly the test modules that use the '
+        'library alone (the other tiers: tests/experiments, tests/benchmarks, '
+        'tests/repo)')
 
 
 def _public_functions():

@@ -1,7 +1,7 @@
 """benchmarks/accelerator_check.sh --quick runs on the CPU and writes its results.
 
 Also benchmarks/scaling.py's table: one configuration of 1 process x 2
-devices (the 2-process path is tests/test_distributed.py's). Timings are not
+devices (the 2-process path is tests/experiments/test_distributed.py's). Timings are not
 checked: the machine may be shared.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')

@@ -3,8 +3,8 @@
 The convolution implementations ('xla', 'matmul', 'xla_vjp') of
 experiments/models.py are the same math: same loss, gradient and MAML
 meta-gradient in float64, on tiny hand-computed cases too. The net itself,
-its BatchNorm and its pool are tested with the library (tests/test_models.py,
-tests/test_nn.py).
+its BatchNorm and its pool are tested with the library (tests/lib/test_models.py,
+tests/lib/test_nn.py).
 """
 
 import functools
@@ -45,7 +45,7 @@ def _assert_close(a, b):
 @pytest.mark.slow
 def test_conv_impls_give_the_same_loss_gradient_and_meta_gradient():
   with jax.enable_x64(True):
-    # 'xla_vjp' (mj.nn.conv_general_dilated) against lax: tests/test_models.py.
+    # 'xla_vjp' (mj.nn.conv_general_dilated) against lax: tests/lib/test_models.py.
     out = {impl: _loss_grad_and_meta_gradient(impl, 'map')
            for impl in ('xla', 'matmul')}
     out['matmul_vmap'] = _loss_grad_and_meta_gradient('matmul', 'vmap')

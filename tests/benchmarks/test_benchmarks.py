@@ -24,7 +24,7 @@ import maml_jax as mj
 
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 ALGORITHMS = mj.ESTIMATORS
 
 

@@ -14,8 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import maml_jax as mj
-from experiments import models
-from experiments import tasks as task_lib
 
 # Backend optimizations off: same math, ~4x faster XLA compiles (tests, --quick).
 FAST_COMPILE = {'xla_backend_optimization_level': 0,
@@ -31,8 +29,8 @@ def problem_setup(problem: str, num_tasks: int, key, dtype=jnp.float32,
             mj.tasks.sine_tasks(key_t, num_tasks, num_support=num_support,
                                 num_query=num_support, dtype=dtype))
   if problem == 'mf':
-    return (models.mf_loss, models.init_mf_params(key_p, dtype=dtype),
-            task_lib.matrix_factorization_tasks(key_t, num_tasks,
+    return (mj.models.mf_loss, mj.models.init_mf_params(key_p, dtype=dtype),
+            mj.tasks.matrix_factorization_tasks(key_t, num_tasks,
                                                 num_samples=num_support,
                                                 dtype=dtype))
   raise ValueError(f"problem must be 'sine' or 'mf', got {problem!r}")

@@ -21,7 +21,6 @@ from benchmarks import agreement
 from benchmarks import memory
 from benchmarks import timing
 from benchmarks import torch_reference as tr
-from experiments import tasks as task_lib
 
 DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
@@ -41,7 +40,7 @@ def _sampler(problem, hp, dtype=jnp.float32):
     return lambda k: mj.tasks.sine_tasks(k, hp['num_tasks'],
                                          num_support=hp['num_support'],
                                          num_query=hp['num_support'], dtype=dtype)
-  return lambda k: task_lib.matrix_factorization_tasks(
+  return lambda k: mj.tasks.matrix_factorization_tasks(
       k, hp['num_tasks'], num_samples=hp['num_support'], dtype=dtype)
 
 

@@ -40,11 +40,9 @@ import numpy as np
 
 import maml_jax as mj
 from experiments import config
-from experiments import models
 from experiments import plotting
 from experiments import rundir
 from experiments import summaries
-from experiments import tasks as task_lib
 
 NAME = 'hessian_estimators'
 PROBLEMS = ('matrix_factorization', 'sine_mlp')
@@ -85,9 +83,9 @@ def make_point(problem, key, dtype):
   """(loss_fn, params w, batch, unit vector v) of one problem at one point."""
   k_w, k_b, k_v = jax.random.split(key, 3)
   if problem == 'matrix_factorization':
-    loss_fn = models.mf_loss
-    params = models.init_mf_params(k_w, task_lib.MF_DIM, dtype)
-    task = task_lib.matrix_factorization_tasks(k_b, 1, dtype=dtype)
+    loss_fn = mj.models.mf_loss
+    params = mj.models.init_mf_params(k_w, mj.models.MF_DIM, dtype)
+    task = mj.tasks.matrix_factorization_tasks(k_b, 1, dtype=dtype)
     batch = jax.tree.map(lambda x: x[0], task.support)
   elif problem == 'sine_mlp':
     loss_fn = mj.models.sine_loss

@@ -34,12 +34,11 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
+import maml_jax as mj
 from experiments import config
-from experiments import models
 from experiments import plotting
 from experiments import rundir
 from experiments import summaries
-from experiments import tasks as task_lib
 from experiments import training
 
 NAME = 'matrix_factorization'
@@ -62,7 +61,7 @@ QUICK = dict(num_iterations=500, eval_every=50)
 config.define_training_flags()
 config.define_inner_lr_flags()
 flags.adopt_module_key_flags(config)
-flags.DEFINE_integer('dim', task_lib.MF_DIM, 'd, the dimension of w and z.')
+flags.DEFINE_integer('dim', mj.models.MF_DIM, 'd, the dimension of w and z.')
 flags.DEFINE_integer('num_samples', 1,
                      'Draws of z per support/query batch (the loss averages '
                      'over them).')
@@ -71,15 +70,15 @@ FLAGS = flags.FLAGS
 
 def make_problem(cfg, *, dim, num_samples, num_test_tasks, eval_seed):
   """(``training.Problem`` of rank-one matrix factorization, test loss at 0)."""
-  sample = functools.partial(task_lib.matrix_factorization_tasks, dim=dim,
+  sample = functools.partial(mj.tasks.matrix_factorization_tasks, dim=dim,
                              num_samples=num_samples)
   problem, test_tasks, _ = training.supervised_problem(
-      cfg, loss_fn=models.mf_loss,
-      init_params=lambda key: models.init_mf_params(key, dim),
+      cfg, loss_fn=mj.models.mf_loss,
+      init_params=lambda key: mj.models.init_mf_params(key, dim),
       sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
   # The meta-test loss at w = 0, (1/4) E|z|^4: w = 0 is a stationary point and
   # the optimum is only (1/4)(E sigma^2)^2 ~ 3e-6 below it.
-  zero = jnp.mean(jax.vmap(models.mf_loss, in_axes=(None, 0))(
+  zero = jnp.mean(jax.vmap(mj.models.mf_loss, in_axes=(None, 0))(
       jnp.zeros((dim,)), test_tasks.query))
   return problem, float(zero)
 

@@ -1,39 +1,16 @@
-"""Models of the experiments that the library does not hold.
+"""How the experiments' conv net computes its convolutions.
 
-The sine MLP and Finn et al.'s conv net are ``maml_jax.models``; here are the
-rank-one matrix-factorization loss of the paper's section 5.1 and the
-experiments' ``conv_impl`` choice of how the conv net computes its
-convolutions ('xla', 'matmul', 'xla_vjp'), which the few-shot launcher and
-the conv-net benchmarks compare.
+The models themselves (the sine MLP, Finn et al.'s conv net, the rank-one
+matrix factorization) are ``maml_jax.models``; here is the experiments'
+``conv_impl`` choice of how the conv net computes its convolutions ('xla',
+'matmul', 'xla_vjp'), which the few-shot launcher and the conv-net benchmarks
+compare.
 """
 
 import jax
 import jax.numpy as jnp
 
 import maml_jax as mj
-
-
-def init_mf_params(key, dim=20, dtype=jnp.float32):
-  """w_0 ~ N(0, 2/(d+1)), the initialisation of the authors' code."""
-  return jnp.sqrt(2.0 / (dim + 1)) * jax.random.normal(key, (dim,), dtype)
-
-
-def mf_loss(w, batch):
-  """Rank-one matrix factorization loss (1/4)||w w^T - z z^T||_F^2, averaged over z.
-
-  Uses ||w w^T - z z^T||_F^2 = |w|^4 - 2 (w.z)^2 + |z|^4, which never forms the
-  d x d matrices. This is the matrix loss the paper states; the authors' code
-  computes (1/4)(|w|^2 - |z|^2)^2 instead, a different function.
-
-  Args:
-    w: parameter vector [d].
-    batch: ``{'z': [n, d]}``.
-  """
-  z = batch['z']
-  ww = jnp.dot(w, w)
-  wz = z @ w
-  zz = jnp.sum(z * z, axis=-1)
-  return 0.25 * jnp.mean(ww ** 2 - 2.0 * wz ** 2 + zz ** 2)
 
 
 # ----------------------------------------------------------------------------

@@ -1,39 +1,14 @@
 """Small models and task samplers of the library's own tests.
 
-The library tests do not import ``experiments/`` (that is the paper's code,
-tested on its own in tests/experiments/test_models_and_tasks.py): these stand-ins have the
-same shapes of problem, a rank-one matrix factorization (a vector parameter)
-and a one-hidden-layer regression MLP (a dict of parameters).
+Beside the library's rank-one matrix factorization (``mj.models.mf_loss``, a
+vector parameter): a one-hidden-layer regression MLP (a dict of parameters)
+and Gaussian-noise image tasks, smaller than the library's benchmark models.
 """
 
 import jax
 import jax.numpy as jnp
 
 import maml_jax as mj
-
-MF_DIM = 20
-
-
-def init_mf_params(key, dim=MF_DIM, dtype=jnp.float32):
-  return jnp.sqrt(2.0 / (dim + 1)) * jax.random.normal(key, (dim,), dtype)
-
-
-def mf_loss(w, batch):
-  """(1/4) ||w w^T - z z^T||_F^2 averaged over the z in the batch."""
-  z = batch['z']
-  wz = z @ w
-  zz = jnp.sum(z * z, axis=-1)
-  return 0.25 * jnp.mean(jnp.dot(w, w) ** 2 - 2.0 * wz ** 2 + zz ** 2)
-
-
-def mf_tasks(key, num_tasks, *, dim=MF_DIM, num_samples=1, dtype=jnp.float32):
-  """Tasks z ~ N(0, sigma_i^2 I), sigma_i ~ U(0, 0.1); support and query drawn apart."""
-  k_sig, k_s, k_q = jax.random.split(key, 3)
-  sigma = jax.random.uniform(k_sig, (num_tasks, 1, 1), dtype, 0.0, 0.1)
-  draw = lambda k: {'z': sigma * jax.random.normal(
-      k, (num_tasks, num_samples, dim), dtype)}
-  return mj.Task(support=draw(k_s), query=draw(k_q))
-
 
 def init_mlp_params(key, hidden=16, dtype=jnp.float32):
   k1, k2 = jax.random.split(key)

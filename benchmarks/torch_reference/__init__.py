@@ -28,7 +28,7 @@ check of the JAX formula), every method takes N steps of size alpha.
 
 Inputs are numpy: parameters as the maml_jax pytrees (the Flax dict of the
 sine MLP, the vector w of matrix factorization), task data as the dicts of
-``maml_jax.tasks`` and ``experiments.tasks`` with a leading task axis, and optionally the Gaussian
+``maml_jax.tasks`` with a leading task axis, and optionally the Gaussian
 directions as a pytree like the parameters whose leaves carry leading axes
 [num_tasks, num_inner_steps, b]. Feeding both sides the same arrays makes the
 meta-gradients comparable to float precision.

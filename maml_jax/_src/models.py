@@ -7,6 +7,8 @@
   3x3 convolution (no bias), BatchNorm on the statistics of the batch itself
   (no running averages), ReLU and 2x2 max pooling, then a linear head; with a
   cross-entropy loss (``make_convnet_loss``) that can also report accuracy.
+* ``mf_loss``: the rank-one matrix factorization of Ji, Yang and Liang's
+  section 5.1, (1/4)||w w^T - z z^T||_F^2 (``init_mf_params``).
 
 The conv net's convolution is a field (``conv``, any function with the
 signature of ``jax.lax.conv_general_dilated``); the default is
@@ -124,6 +126,39 @@ def sine_loss(params, batch):
     ...                   num_inner_steps=3, num_directions=10, delta=1e-2)
   """
   return _SINE_MSE(params, batch)
+
+
+# ----------------------------------------------------------------------------
+# Rank-one matrix factorization (Ji, Yang, Liang, section 5.1).
+
+MF_DIM = 20
+
+
+def init_mf_params(key, dim: int = MF_DIM, dtype=jnp.float32):
+  """w_0 ~ N(0, 2 / (d + 1) I_d), a vector of ``dim`` parameters."""
+  return jnp.sqrt(2.0 / (dim + 1)) * jax.random.normal(key, (dim,), dtype)
+
+
+def mf_loss(w, batch):
+  """Rank-one matrix factorization loss (1/4)||w w^T - z z^T||_F^2, averaged over z.
+
+  Uses ||w w^T - z z^T||_F^2 = |w|^4 - 2 (w.z)^2 + |z|^4, which never forms the
+  d x d matrices. (The authors' published code computes (1/4)(|w|^2 - |z|^2)^2
+  instead, a different function; docs/design.md.)
+
+  Args:
+    w: the parameter vector [d] (``init_mf_params``).
+    batch: ``{'z': [n, d]}`` (``maml_jax.tasks.matrix_factorization_tasks``
+      gives these with a leading task axis).
+
+  Returns:
+    The scalar loss.
+  """
+  z = batch['z']
+  ww = jnp.dot(w, w)
+  wz = z @ w
+  zz = jnp.sum(z * z, axis=-1)
+  return 0.25 * jnp.mean(ww ** 2 - 2.0 * wz ** 2 + zz ** 2)
 
 
 # ----------------------------------------------------------------------------

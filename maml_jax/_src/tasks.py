@@ -7,7 +7,9 @@ inside a compiled training loop (``make_fused_train``'s ``sample_tasks``):
   (Finn et al. 2017);
 * ``fewshot_tasks``: N-way K-shot classification tasks drawn from an array of
   images [classes, instances, H, W] held on the device (Omniglot,
-  miniImageNet), by indexing, with no Python loop per task.
+  miniImageNet), by indexing, with no Python loop per task;
+* ``matrix_factorization_tasks``: the rank-one matrix factorization tasks of
+  Ji, Yang and Liang's section 5.1 (``maml_jax.models.mf_loss``).
 """
 
 import jax
@@ -163,3 +165,29 @@ def fewshot_tasks(key, images, num_tasks: int, *, ways: int, shots: int,
   indices = start_index + jnp.arange(num_tasks)
   support, query = jax.vmap(one_task)(indices)
   return base.Task(support=support, query=query)
+
+
+# Rank-one matrix factorization (Ji, Yang, Liang, section 5.1).
+MF_SIGMA = (0.0, 0.1)
+
+
+def matrix_factorization_tasks(key, num_tasks: int, *, dim: int = 20,
+                               num_samples: int = 1, dtype=jnp.float32):
+  """Rank-one matrix factorization tasks: z ~ N(0, sigma_i^2 I_d), sigma_i ~ U(0, 0.1).
+
+  Support and query are independent draws from the task's distribution.
+
+  Args:
+    key: PRNG key.
+    num_tasks: number of tasks.
+    dim: d, the dimension of w and z (``maml_jax.models.MF_DIM``).
+    num_samples: draws of z per batch (the loss averages over them).
+    dtype: float dtype.
+
+  Returns:
+    ``Task`` with support/query batches ``{'z': [T, num_samples, d]}``.
+  """
+  k_sig, k_s, k_q = jax.random.split(key, 3)
+  sigma = jax.random.uniform(k_sig, (num_tasks, 1, 1), dtype, *MF_SIGMA)
+  draw = lambda k: {'z': sigma * jax.random.normal(k, (num_tasks, num_samples, dim), dtype)}
+  return base.Task(support=draw(k_s), query=draw(k_q))

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import maml_jax as mj
-import toy
 
 KWARGS = {
     'maml': {},
@@ -21,14 +20,14 @@ KWARGS = {
 KEY = jax.random.PRNGKey(0)
 
 
-def _make(name, loss=toy.mf_loss, **overrides):
+def _make(name, loss=mj.models.mf_loss, **overrides):
   kwargs = dict(inner_lr=0.01, num_inner_steps=2, **KWARGS[name])
   kwargs.update(overrides)
   return getattr(mj, name)(loss, **kwargs)
 
 
 def _task(key=KEY, dtype=jnp.float32):
-  tasks = toy.mf_tasks(key, 1, dtype=dtype)
+  tasks = mj.tasks.matrix_factorization_tasks(key, 1, dtype=dtype)
   return jax.tree.map(lambda x: x[0], tasks)
 
 
@@ -38,10 +37,10 @@ def test_contract(name):
 
   def loss(w, batch):
     traces.append(1)
-    return toy.mf_loss(w, batch)
+    return mj.models.mf_loss(w, batch)
 
   est = jax.jit(_make(name, loss))
-  params = toy.init_mf_params(KEY)
+  params = mj.models.init_mf_params(KEY)
   grads, aux = est(params, _task(), KEY)
   assert grads.shape == params.shape and grads.dtype == jnp.float32
   assert np.all(np.isfinite(grads)) and bool(aux.finite)
@@ -51,7 +50,7 @@ def test_contract(name):
     est(params, _task(jax.random.PRNGKey(i + 1)), jax.random.PRNGKey(i))
   assert len(traces) == n
   # vmap over tasks through meta_gradient.
-  tasks = toy.mf_tasks(KEY, 3)
+  tasks = mj.tasks.matrix_factorization_tasks(KEY, 3)
   mean, meta_aux = jax.jit(lambda p, t, k: mj.meta_gradient(
       _make(name), p, t, k))(params, tasks, KEY)
   assert mean.shape == params.shape and int(meta_aux.num_nonfinite) == 0
@@ -65,9 +64,9 @@ def test_contract_with_learned_step_sizes(name):
 
   def loss(w, batch):
     traces.append(1)
-    return toy.mf_loss(w, batch)
+    return mj.models.mf_loss(w, batch)
 
-  params = toy.init_mf_params(KEY)
+  params = mj.models.init_mf_params(KEY)
   meta = mj.LearnedInnerLR(params, mj.init_inner_lr(params, 0.01,
                                                     'per_parameter',
                                                     num_inner_steps=2))
@@ -82,7 +81,7 @@ def test_contract_with_learned_step_sizes(name):
   for i in range(2):
     est(meta, _task(jax.random.PRNGKey(i + 1)), jax.random.PRNGKey(i))
   assert len(traces) == n
-  tasks = toy.mf_tasks(KEY, 3)
+  tasks = mj.tasks.matrix_factorization_tasks(KEY, 3)
   mean, meta_aux = jax.jit(lambda p, t, k: mj.meta_gradient(
       _make(name, inner_lr=None), p, t, k))(meta, tasks, KEY)
   assert mean.inner_lr.shape == (2,) + params.shape
@@ -92,7 +91,7 @@ def test_contract_with_learned_step_sizes(name):
 @pytest.mark.parametrize('name', ['maml', 'ggs_maml'])
 def test_float64_stays_float64(name):
   with jax.enable_x64(True):
-    params = toy.init_mf_params(KEY, dtype=jnp.float64)
+    params = mj.models.init_mf_params(KEY, dtype=jnp.float64)
     grads, aux = jax.jit(_make(name))(params, _task(dtype=jnp.float64), KEY)
     assert grads.dtype == jnp.float64
     assert aux.query_loss_after.dtype == jnp.float64
@@ -117,11 +116,11 @@ def test_bad_hyperparameters_fail_at_construction(kwargs, match):
   with pytest.raises(ValueError, match='delta'):
     _make('hf_maml', delta=0.0)
   with pytest.raises(ValueError, match='backprop'):
-    mj.maml(toy.mf_loss, inner_lr=0.1, num_inner_steps=1, backprop='fast')
+    mj.maml(mj.models.mf_loss, inner_lr=0.1, num_inner_steps=1, backprop='fast')
 
 
 def test_bad_tasks_fail_at_trace_time():
-  params = toy.init_mf_params(KEY)
+  params = mj.models.init_mf_params(KEY)
   task = _task()
   est = _make('maml')
   with pytest.raises(ValueError, match='loss_fn must return a scalar'):
@@ -139,7 +138,7 @@ def test_bad_tasks_fail_at_trace_time():
   with pytest.raises(ValueError, match='floating-point'):
     est(jnp.arange(20), task, KEY)
   with pytest.raises(ValueError, match='task.hessian=None'):
-    mj.maml(toy.mf_loss, inner_lr=0.1, num_inner_steps=1,
+    mj.maml(mj.models.mf_loss, inner_lr=0.1, num_inner_steps=1,
             backprop='autodiff')(params, task._replace(hessian=task.support),
                                  KEY)
 
@@ -158,68 +157,68 @@ def _deprecated(call, match):
 def test_custom_estimator_composes_any_oracle():
   """custom_estimator is the recursion the named estimators are built from:
   exact H v gives MAML's product, hvp=None FO-MAML; any oracle plugs in."""
-  params, task = toy.init_mf_params(KEY), _task()
+  params, task = mj.models.init_mf_params(KEY), _task()
   hp = dict(inner_lr=0.01, num_inner_steps=2)
 
   def close(est, reference):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
                  est(params, task, KEY)[0], reference(params, task, KEY)[0])
 
-  close(mj.custom_estimator(toy.mf_loss, mj.exact_hvp(toy.mf_loss), **hp),
-        mj.maml(toy.mf_loss, backprop='product', **hp))
-  close(mj.custom_estimator(toy.mf_loss, None, **hp), mj.fo_maml(toy.mf_loss, **hp))
+  close(mj.custom_estimator(mj.models.mf_loss, mj.exact_hvp(mj.models.mf_loss), **hp),
+        mj.maml(mj.models.mf_loss, backprop='product', **hp))
+  close(mj.custom_estimator(mj.models.mf_loss, None, **hp), mj.fo_maml(mj.models.mf_loss, **hp))
   zero = lambda w, batch, v, key: jax.tree.map(jnp.zeros_like, v)
-  close(mj.custom_estimator(toy.mf_loss, zero, **hp), mj.fo_maml(toy.mf_loss, **hp))
+  close(mj.custom_estimator(mj.models.mf_loss, zero, **hp), mj.fo_maml(mj.models.mf_loss, **hp))
   with pytest.raises(ValueError, match='hvp must be callable'):
-    mj.custom_estimator(toy.mf_loss, 'exact', **hp)
+    mj.custom_estimator(mj.models.mf_loss, 'exact', **hp)
 
 
 def test_deprecated_names_warn_once_and_forward():
   """mj.estimator, its autodiff=True and mj.no_hvp still work, warning once each."""
-  params, task = toy.init_mf_params(KEY), _task()
+  params, task = mj.models.init_mf_params(KEY), _task()
   hp = dict(inner_lr=0.01, num_inner_steps=2)
   grads = lambda est: est(params, task, KEY)[0]
-  exact = mj.exact_hvp(toy.mf_loss)
-  old = _deprecated(lambda: mj.estimator(toy.mf_loss, exact, **hp),
+  exact = mj.exact_hvp(mj.models.mf_loss)
+  old = _deprecated(lambda: mj.estimator(mj.models.mf_loss, exact, **hp),
                     'use maml_jax.custom_estimator')
   np.testing.assert_array_equal(
-      grads(old), grads(mj.custom_estimator(toy.mf_loss, exact, **hp)))
-  old = _deprecated(lambda: mj.estimator(toy.mf_loss, **hp), 'hvp=None')
-  np.testing.assert_array_equal(grads(old), grads(mj.fo_maml(toy.mf_loss, **hp)))
-  old = _deprecated(lambda: mj.estimator(toy.mf_loss, None, autodiff=True, **hp),
+      grads(old), grads(mj.custom_estimator(mj.models.mf_loss, exact, **hp)))
+  old = _deprecated(lambda: mj.estimator(mj.models.mf_loss, **hp), 'hvp=None')
+  np.testing.assert_array_equal(grads(old), grads(mj.fo_maml(mj.models.mf_loss, **hp)))
+  old = _deprecated(lambda: mj.estimator(mj.models.mf_loss, None, autodiff=True, **hp),
                     "maml(..., backprop='autodiff')")
   np.testing.assert_array_equal(
-      grads(old), grads(mj.maml(toy.mf_loss, backprop='autodiff', **hp)))
-  zero = _deprecated(lambda: mj.no_hvp(toy.mf_loss), 'pass hvp=None')
+      grads(old), grads(mj.maml(mj.models.mf_loss, backprop='autodiff', **hp)))
+  zero = _deprecated(lambda: mj.no_hvp(mj.models.mf_loss), 'pass hvp=None')
   v = jnp.ones_like(params)
   np.testing.assert_array_equal(zero(params, task.support, v, None), 0 * v)
   np.testing.assert_allclose(
-      grads(mj.custom_estimator(toy.mf_loss, zero, **hp)),
-      grads(mj.fo_maml(toy.mf_loss, **hp)), rtol=1e-6)
+      grads(mj.custom_estimator(mj.models.mf_loss, zero, **hp)),
+      grads(mj.fo_maml(mj.models.mf_loss, **hp)), rtol=1e-6)
 
 
 def test_adapt_matches_estimator_inner_loop():
-  params = toy.init_mf_params(KEY)
+  params = mj.models.init_mf_params(KEY)
   task = _task()
-  adapted, losses = mj.adapt(toy.mf_loss, params, task.support,
+  adapted, losses = mj.adapt(mj.models.mf_loss, params, task.support,
                              inner_lr=0.01, num_inner_steps=2)
   _, aux = _make('fo_maml')(params, task, KEY)
-  np.testing.assert_allclose(toy.mf_loss(adapted, task.query),
+  np.testing.assert_allclose(mj.models.mf_loss(adapted, task.query),
                              aux.query_loss_after, rtol=1e-6)
   np.testing.assert_allclose(losses, aux.inner_losses, rtol=1e-6)
-  same, empty = mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
+  same, empty = mj.adapt(mj.models.mf_loss, params, task.support, inner_lr=0.01,
                          num_inner_steps=0)
   assert same is params and empty.shape == (0,)
   # The old keyword still works, with one DeprecationWarning, and gives the same.
-  old, _ = _deprecated(lambda: mj.adapt(toy.mf_loss, params, task.support,
+  old, _ = _deprecated(lambda: mj.adapt(mj.models.mf_loss, params, task.support,
                                         inner_lr=0.01, num_steps=2),
                        'use num_inner_steps')
   jax.tree.map(np.testing.assert_array_equal, old, adapted)
   with pytest.raises(TypeError, match='both'):
-    mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01,
+    mj.adapt(mj.models.mf_loss, params, task.support, inner_lr=0.01,
              num_inner_steps=2, num_steps=2)
   with pytest.raises(TypeError, match='missing'):
-    mj.adapt(toy.mf_loss, params, task.support, inner_lr=0.01)
+    mj.adapt(mj.models.mf_loss, params, task.support, inner_lr=0.01)
   # init_inner_lr's per-step axis: num_inner_steps, the old num_steps warns.
   new = mj.init_inner_lr(params, 0.01, 'per_layer', num_inner_steps=2)
   old = _deprecated(lambda: mj.init_inner_lr(params, 0.01, 'per_layer',

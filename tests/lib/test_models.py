@@ -96,3 +96,17 @@ def test_convnet_loss_with_accuracy_aux_runs_in_an_estimator():
   _, est_aux = jax.jit(est)(params, jax.tree.map(lambda x: x[0], tasks),
                             jax.random.PRNGKey(0))
   assert est_aux.query_aux_after['accuracy'].shape == ()
+
+
+def test_mf_loss_is_the_frobenius_matrix_loss():
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  w = jax.random.normal(k1, (20,))
+  z = jax.random.normal(k2, (3, 20))
+  explicit = np.mean([0.25 * np.sum((np.outer(w, w) - np.outer(zi, zi)) ** 2)
+                      for zi in np.asarray(z)])
+  np.testing.assert_allclose(mj.models.mf_loss(w, {'z': z}), explicit, rtol=1e-5)
+  # Not the authors' code's (1/4)(|w|^2 - |z|^2)^2, a different function.
+  bug = 0.25 * (jnp.dot(w, w) - jnp.dot(z[0], z[0])) ** 2
+  assert not np.isclose(mj.models.mf_loss(w, {'z': z[:1]}), bug, rtol=1e-3)
+  assert mj.models.init_mf_params(k1).shape == (mj.models.MF_DIM,)
+

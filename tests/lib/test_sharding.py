@@ -12,10 +12,9 @@ import optax
 import pytest
 
 import maml_jax as mj
-import toy
 
 KEY = jax.random.PRNGKey(0)
-EST = mj.ggs_maml(toy.mf_loss, inner_lr=0.01, num_inner_steps=1,
+EST = mj.ggs_maml(mj.models.mf_loss, inner_lr=0.01, num_inner_steps=1,
                   num_directions=2, delta=1e-2)
 OPT = optax.adam(1e-2)
 
@@ -27,8 +26,8 @@ def _mesh():
 
 def test_fused_train_on_mesh_equals_one_device_under_vmap_over_seeds():
   mesh = _mesh()
-  sample = functools.partial(toy.mf_tasks, num_tasks=8)
-  init = jax.vmap(lambda k: mj.init_train_state(toy.init_mf_params(k), OPT))
+  sample = functools.partial(mj.tasks.matrix_factorization_tasks, num_tasks=8)
+  init = jax.vmap(lambda k: mj.init_train_state(mj.models.init_mf_params(k), OPT))
   keys = jax.random.split(KEY, 2)  # two seeds, vmapped as the launchers do
   plain = jax.jit(jax.vmap(mj.make_fused_train(EST, OPT, sample, 3)))
   sharded = jax.jit(jax.vmap(mj.make_fused_train(EST, OPT, sample, 3,
@@ -44,13 +43,13 @@ def test_fused_train_on_mesh_equals_one_device_under_vmap_over_seeds():
   np.testing.assert_allclose(m4['loss_after'], m1['loss_after'], rtol=1e-5)
   one_seed = jax.tree.map(lambda x: x[0], init(keys))
   with pytest.raises(ValueError, match='multiple of 4'):
-    mj.make_fused_train(EST, OPT, functools.partial(toy.mf_tasks, num_tasks=6),
+    mj.make_fused_train(EST, OPT, functools.partial(mj.tasks.matrix_factorization_tasks, num_tasks=6),
                         1, mesh=mesh)(one_seed, KEY)
 
 
 def test_process_local_tasks_make_the_global_batch():
   mesh = _mesh()
-  tasks = toy.mf_tasks(KEY, 8)
+  tasks = mj.tasks.matrix_factorization_tasks(KEY, 8)
   mine = mj.process_tasks(8, mesh)
   assert mine == slice(0, 8)  # one process holds every task
   local = jax.tree.map(lambda x: x[mine], tasks)
@@ -68,9 +67,9 @@ def test_process_local_tasks_make_the_global_batch():
 @pytest.mark.parametrize('task_batching', ['map', 2, 'vmap'])
 def test_train_step_on_mesh_equals_one_device(task_batching):
   mesh = _mesh()
-  est = mj.fo_maml(toy.mf_loss, inner_lr=0.01, num_inner_steps=1)
-  state = mj.init_train_state(toy.init_mf_params(KEY), OPT)
-  tasks = toy.mf_tasks(KEY, 8)
+  est = mj.fo_maml(mj.models.mf_loss, inner_lr=0.01, num_inner_steps=1)
+  state = mj.init_train_state(mj.models.init_mf_params(KEY), OPT)
+  tasks = mj.tasks.matrix_factorization_tasks(KEY, 8)
   plain = mj.make_train_step(est, OPT, task_batching=task_batching)
   sharded = mj.make_train_step(est, OPT, task_batching=task_batching, mesh=mesh)
   s1, m1 = plain(state, tasks, KEY)
@@ -80,16 +79,16 @@ def test_train_step_on_mesh_equals_one_device(task_batching):
   for name in ('loss_after', 'grad_norm', 'num_nonfinite'):
     np.testing.assert_allclose(m4[name], m1[name], rtol=1e-5, err_msg=name)
   with pytest.raises(ValueError, match='multiple of 4'):
-    sharded(state, toy.mf_tasks(KEY, 6), KEY)
+    sharded(state, mj.tasks.matrix_factorization_tasks(KEY, 6), KEY)
 
 
 def test_train_step_on_mesh_splits_a_lax_map_over_the_devices():
   """Each device loops over its own 2 tasks; GSPMD alone would loop over all 8."""
   mesh = _mesh()
-  est = mj.fo_maml(toy.mf_loss, inner_lr=0.01, num_inner_steps=1)
-  state, key = mj.replicate((mj.init_train_state(toy.init_mf_params(KEY), OPT),
+  est = mj.fo_maml(mj.models.mf_loss, inner_lr=0.01, num_inner_steps=1)
+  state, key = mj.replicate((mj.init_train_state(mj.models.init_mf_params(KEY), OPT),
                              KEY), mesh)
-  tasks = mj.shard_tasks(toy.mf_tasks(KEY, 8), mesh)
+  tasks = mj.shard_tasks(mj.tasks.matrix_factorization_tasks(KEY, 8), mesh)
 
   def trip_counts(step):
     text = step.lower(state, tasks, key).compile().as_text()

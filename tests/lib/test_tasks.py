@@ -119,3 +119,13 @@ def test_fewshot_tasks_keep_colour_channels():
   np.testing.assert_array_equal(tasks.support['x'][..., :1], same.support['x'])
   np.testing.assert_array_equal(tasks.query['y'], same.query['y'])
   np.testing.assert_allclose(tasks.query['x'][..., 2], 0.25 * same.query['x'][..., 0])
+
+
+def test_matrix_factorization_tasks_distribution():
+  tasks = mj.tasks.matrix_factorization_tasks(jax.random.PRNGKey(0), 2000)
+  z_s, z_q = np.asarray(tasks.support['z']), np.asarray(tasks.query['z'])
+  assert z_s.shape == (2000, 1, 20)
+  scale_s, scale_q = z_s.std(axis=(1, 2)), z_q.std(axis=(1, 2))
+  assert scale_s.max() < 0.1 * 2.5 and np.corrcoef(scale_s, scale_q)[0, 1] > 0.8
+  assert not np.allclose(z_s, z_q)  # independent draws, same sigma_i
+

@@ -8,17 +8,16 @@ import numpy as np
 import optax
 
 import maml_jax as mj
-import toy
 
 KEY = jax.random.PRNGKey(0)
-SAMPLE = functools.partial(toy.mf_tasks, num_tasks=5)
-EST = mj.ggs_maml(toy.mf_loss, inner_lr=0.01, num_inner_steps=3,
+SAMPLE = functools.partial(mj.tasks.matrix_factorization_tasks, num_tasks=5)
+EST = mj.ggs_maml(mj.models.mf_loss, inner_lr=0.01, num_inner_steps=3,
                   num_directions=4, delta=1e-2)
 OPT = optax.sgd(0.05)
 
 
 def _init():
-  return mj.init_train_state(toy.init_mf_params(KEY), OPT)
+  return mj.init_train_state(mj.models.init_mf_params(KEY), OPT)
 
 
 def test_fused_run_equals_loop_of_steps_and_resumes_exactly():
@@ -47,9 +46,9 @@ def test_fused_run_equals_loop_of_steps_and_resumes_exactly():
 
 
 def test_meta_training_reduces_meta_loss():
-  est = mj.maml(toy.mf_loss, inner_lr=0.01, num_inner_steps=3)
+  est = mj.maml(mj.models.mf_loss, inner_lr=0.01, num_inner_steps=3)
   opt = optax.sgd(0.05)
-  sample = functools.partial(toy.mf_tasks, num_tasks=10)
+  sample = functools.partial(mj.tasks.matrix_factorization_tasks, num_tasks=10)
   run = mj.make_fused_train(est, opt, sample, num_iterations=200)
   w0 = 1.5 * jnp.ones(20) / jnp.sqrt(20.0)
   state, metrics = run(mj.init_train_state(w0, opt), KEY)
@@ -60,7 +59,7 @@ def test_meta_training_reduces_meta_loss():
 
 def test_all_nonfinite_tasks_skip_the_update():
   step = mj.make_train_step(EST, optax.adam(0.1))
-  state = mj.init_train_state(toy.init_mf_params(KEY), optax.adam(0.1))
+  state = mj.init_train_state(mj.models.init_mf_params(KEY), optax.adam(0.1))
   tasks = SAMPLE(KEY)
   tasks = tasks._replace(query={'z': jnp.full_like(tasks.query['z'], jnp.nan)})
   new, metrics = step(state, tasks, KEY)
@@ -75,7 +74,7 @@ def test_step_compiles_once_for_new_data_and_keys():
 
   def loss(w, batch):
     traces.append(1)
-    return toy.mf_loss(w, batch)
+    return mj.models.mf_loss(w, batch)
 
   est = mj.maml(loss, inner_lr=0.01, num_inner_steps=2)
   step = mj.make_train_step(est, OPT)

@@ -56,8 +56,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import maml_jax as mj
+from experiments import cli
 from experiments import config
 from experiments import fewshot_data
+from experiments import launcher_flags
 from experiments import models
 from experiments import plotting
 from experiments import rundir
@@ -83,9 +85,9 @@ DEFAULTS = dict(
 QUICK = dict(num_iterations=100, eval_every=50, num_test_tasks=50,
              num_final_tasks=100)
 
-config.define_training_flags()
-config.define_inner_lr_flags()
-flags.adopt_module_key_flags(config)
+launcher_flags.define_training_flags()
+launcher_flags.define_inner_lr_flags()
+flags.adopt_module_key_flags(launcher_flags)
 flags.DEFINE_enum('dataset', 'glyphs', list(fewshot_data.DATASETS),
                   'glyphs: generated offline from the fonts matplotlib ships; '
                   'omniglot: the standard files under --data_dir.')
@@ -283,7 +285,7 @@ def _check_flags(defaults):
     raise app.UsageError('--eval_inner_steps must be >= 0')
   if FLAGS.ways < 2:
     raise app.UsageError(f'--ways must be at least 2, got {FLAGS.ways}')
-  num_test = config.flag_or_default('num_test_tasks', defaults)
+  num_test = launcher_flags.flag_or_default('num_test_tasks', defaults)
   if num_test < 1:
     raise app.UsageError(f'--num_test_tasks must be positive, got {num_test}')
   task_batching = FLAGS.task_batching.strip()
@@ -467,8 +469,8 @@ def run(argv, chunk_hook=None):
   return result, final
 
 
-main = config.cli_main(run)
+main = cli.cli_main(run)
 
 if __name__ == '__main__':
-  config.set_defaults(dict(DEFAULTS, seeds=['0']))
+  launcher_flags.set_defaults(dict(DEFAULTS, seeds=['0']))
   app.run(main)

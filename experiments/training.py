@@ -30,6 +30,7 @@ import optax
 
 import maml_jax as mj
 from experiments import config
+from experiments import launcher_flags
 from experiments import loop
 from experiments import rundir
 from experiments import summaries
@@ -187,7 +188,7 @@ def make_optimizer(name, learning_rate):
   so states with different learning rates share one compiled update (used by
   ``--sweep`` to train every candidate meta lr in one vmapped call).
   """
-  config.check_optimizer_name(name)
+  launcher_flags.check_optimizer_name(name)
   return optax.inject_hyperparams(getattr(optax, name))(
       learning_rate=learning_rate)
 
@@ -198,8 +199,8 @@ def meta_optimizer(cfg, meta_lr):
   ``make_optimizer(cfg.meta_optimizer, meta_lr)``; with ``--learn_inner_lr``
   the step sizes get their own (``mj.partition_inner_lr``):
   ``--inner_lr_optimizer`` at ``--inner_lr_meta_lr``, by default the same
-  optimizer at ``config.INNER_LR_META_LR_SCALE`` x ``meta_lr`` (EXPERIMENTS.md,
-  'Learned step sizes that train'). Both learning rates are state arrays,
+  optimizer at ``launcher_flags.INNER_LR_META_LR_SCALE`` x ``meta_lr``
+  (EXPERIMENTS.md, 'Learned step sizes that train'). Both learning rates are state arrays,
   so ``--sweep`` vmaps over ``meta_lr``.
   """
   optimizer = make_optimizer(cfg.meta_optimizer, meta_lr)

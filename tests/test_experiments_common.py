@@ -12,6 +12,7 @@ import pytest
 
 import maml_jax as mj
 from experiments import config
+from experiments import launcher_flags
 from experiments import loop
 from experiments import rundir
 from experiments import summaries
@@ -131,7 +132,7 @@ def test_make_optimizer_by_name():
   with pytest.raises(app.UsageError, match='not an optax optimizer'):
     training.make_optimizer('not_an_optimizer', 0.1)
   with pytest.raises(app.UsageError):
-    config.check_optimizer_name('apply_updates')
+    launcher_flags.check_optimizer_name('apply_updates')
   # The learning rate lives in the state: the same update function serves
   # every learning rate (what --sweep vmaps over).
   opt = training.make_optimizer('sgd', 1.0)
@@ -185,7 +186,7 @@ def test_seed_keys_are_distinct_and_deterministic():
 def test_reuse_host_memory_takes_on_glibc():
   """The launchers' mallopt call (--reuse_host_memory) is accepted by glibc."""
   import platform  # pylint: disable=g-import-not-at-top
-  from experiments import config  # pylint: disable=g-import-not-at-top
+  from experiments import runtime  # pylint: disable=g-import-not-at-top
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
     pytest.skip('mallopt is glibc only')
-  assert config.reuse_host_memory() is True
+  assert runtime.reuse_host_memory() is True

@@ -62,6 +62,7 @@ from experiments import fewshot_data
 from experiments import launcher_flags
 from experiments import models
 from experiments import plotting
+from experiments import problems
 from experiments import rundir
 from experiments import summaries
 from experiments import training
@@ -189,7 +190,7 @@ def adaptation_curve(loss_fn, params, tasks, *, inner_lr, num_steps,
 def make_problem(cfg, splits, *, ways, shots, query_shots, train_query_shots,
                  eval_inner_steps, model, num_test_tasks, eval_seed,
                  task_batching, member_batching, eval_chunk):
-  """The ``training.Problem`` of few-shot classification and its test tasks.
+  """The ``problems.Problem`` of few-shot classification and its test tasks.
 
   Returns:
     (problem, loss_fn with aux, sampler of test-split tasks
@@ -222,7 +223,7 @@ def make_problem(cfg, splits, *, ways, shots, query_shots, train_query_shots,
   def init_params(key):
     return mj.models.init_convnet_params(key, model)
 
-  problem = training.Problem(
+  problem = problems.Problem(
       loss_fn=loss_fn, init_params=init_params,
       sample_tasks=lambda key: sample(key, train_images, cfg.tasks_per_batch,
                                       query_shots=train_query_shots),

@@ -39,6 +39,7 @@ from experiments import config
 from experiments import launcher_flags
 from experiments import models
 from experiments import plotting
+from experiments import problems
 from experiments import rundir
 from experiments import summaries
 from experiments import tasks as task_lib
@@ -72,10 +73,10 @@ FLAGS = flags.FLAGS
 
 
 def make_problem(cfg, *, dim, num_samples, num_test_tasks, eval_seed):
-  """(``training.Problem`` of rank-one matrix factorization, test loss at 0)."""
+  """(``problems.Problem`` of rank-one matrix factorization, test loss at 0)."""
   sample = functools.partial(task_lib.matrix_factorization_tasks, dim=dim,
                              num_samples=num_samples)
-  problem, test_tasks, _ = training.supervised_problem(
+  problem, test_tasks, _ = problems.supervised_problem(
       cfg, loss_fn=models.mf_loss,
       init_params=lambda key: models.init_mf_params(key, dim),
       sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)

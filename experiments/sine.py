@@ -44,6 +44,7 @@ from experiments import cli
 from experiments import config
 from experiments import launcher_flags
 from experiments import plotting
+from experiments import problems
 from experiments import rundir
 from experiments import summaries
 from experiments import training
@@ -97,10 +98,10 @@ def k_step_mse(params, tasks, *, inner_lr, max_steps, num_inner_steps=None):
 
 
 def make_problem(cfg, *, num_support, num_query, num_test_tasks, eval_seed):
-  """The ``training.Problem`` of sine regression, the held-out test tasks."""
+  """The ``problems.Problem`` of sine regression, the held-out test tasks."""
   sample = functools.partial(mj.tasks.sine_tasks, num_support=num_support,
                              num_query=num_query)
-  return training.supervised_problem(
+  return problems.supervised_problem(
       cfg, loss_fn=mj.models.sine_loss, init_params=mj.models.init_sine_params,
       sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
 

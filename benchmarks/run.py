@@ -64,7 +64,7 @@ from benchmarks import convnet
 from benchmarks import report
 from benchmarks import sections
 from benchmarks import torch_reference as tr
-from experiments import config
+from experiments import runtime
 
 _QUICK = flags.DEFINE_bool('quick', False, 'CI-sized run: tiny shapes, few repeats.')
 _OUT_DIR = flags.DEFINE_string('out_dir', 'benchmarks/results', 'Where results go.')
@@ -198,7 +198,7 @@ def set_cpu_devices(sections):
   if n is None:
     n = (os.cpu_count() or 1) if 'convnet' in sections else 1
   if n > 1:
-    have = config.set_cpu_device_count(n)
+    have = runtime.set_cpu_device_count(n)
     if have != n:  # JAX already started (e.g. under pytest)
       logging.warning('--cpu_devices=%d not applied: JAX has %d CPU devices',
                       n, have)

@@ -39,7 +39,8 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 import maml_jax as mj
-from experiments import config
+from experiments import cli
+from experiments import launcher_flags
 from experiments import plotting
 from experiments import rundir
 from experiments import summaries
@@ -48,8 +49,8 @@ NAME = 'hessian_estimators'
 PROBLEMS = ('matrix_factorization', 'sine_mlp')
 ESTIMATORS = ('zo', 'ggs', 'zo_centered')
 
-config.define_output_flags()
-flags.adopt_module_key_flags(config)
+launcher_flags.define_output_flags()
+flags.adopt_module_key_flags(launcher_flags)
 flags.DEFINE_list('problems', list(PROBLEMS),
                   'Losses to measure on: ' + ', '.join(PROBLEMS) + '.')
 flags.DEFINE_list('estimators', list(ESTIMATORS),
@@ -211,10 +212,10 @@ def run(argv):
   if not dtypes or any(d not in ('float32', 'float64') for d in dtypes):
     raise app.UsageError(f'--dtypes must be float32 and/or float64, got '
                          f'{FLAGS.dtypes}')
-  seeds = config.parse_ints('seeds', FLAGS.seeds)
+  seeds = launcher_flags.parse_ints('seeds', FLAGS.seeds)
   if not seeds:
     raise app.UsageError('--seeds must list at least one seed')
-  config.check_workdir(FLAGS.workdir)
+  launcher_flags.check_workdir(FLAGS.workdir)
   run_dir = rundir.RunDir.create(FLAGS.workdir, FLAGS.run_name, resume=False,
                                  default_name=NAME)
   run_dir.write_config(rundir.config_dict(None), resume=False)
@@ -278,7 +279,7 @@ def run(argv):
   return results
 
 
-main = config.cli_main(run)
+main = cli.cli_main(run)
 
 if __name__ == '__main__':
   app.run(main)

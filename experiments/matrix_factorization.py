@@ -35,8 +35,11 @@ import jax
 import jax.numpy as jnp
 
 import maml_jax as mj
+from experiments import cli
 from experiments import config
+from experiments import launcher_flags
 from experiments import plotting
+from experiments import problems
 from experiments import rundir
 from experiments import summaries
 from experiments import training
@@ -58,9 +61,9 @@ DEFAULTS = dict(
 # --quick: a short real comparison for the README (all four algorithms).
 QUICK = dict(num_iterations=500, eval_every=50)
 
-config.define_training_flags()
-config.define_inner_lr_flags()
-flags.adopt_module_key_flags(config)
+launcher_flags.define_training_flags()
+launcher_flags.define_inner_lr_flags()
+flags.adopt_module_key_flags(launcher_flags)
 flags.DEFINE_integer('dim', mj.models.MF_DIM, 'd, the dimension of w and z.')
 flags.DEFINE_integer('num_samples', 1,
                      'Draws of z per support/query batch (the loss averages '
@@ -69,10 +72,10 @@ FLAGS = flags.FLAGS
 
 
 def make_problem(cfg, *, dim, num_samples, num_test_tasks, eval_seed):
-  """(``training.Problem`` of rank-one matrix factorization, test loss at 0)."""
+  """(``problems.Problem`` of rank-one matrix factorization, test loss at 0)."""
   sample = functools.partial(mj.tasks.matrix_factorization_tasks, dim=dim,
                              num_samples=num_samples)
-  problem, test_tasks, _ = training.supervised_problem(
+  problem, test_tasks, _ = problems.supervised_problem(
       cfg, loss_fn=mj.models.mf_loss,
       init_params=lambda key: mj.models.init_mf_params(key, dim),
       sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
@@ -89,7 +92,7 @@ def run(argv, chunk_hook=None):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
   cfg = config.training_config(NAME, defaults)
-  num_test_tasks = config.flag_or_default('num_test_tasks', defaults)
+  num_test_tasks = launcher_flags.flag_or_default('num_test_tasks', defaults)
   for name, value in [(n, FLAGS[n].value) for n in ('dim', 'num_samples')] + [
       ('num_test_tasks', num_test_tasks)]:
     if value < 1:
@@ -130,8 +133,8 @@ def run(argv, chunk_hook=None):
   return result
 
 
-main = config.cli_main(run)
+main = cli.cli_main(run)
 
 if __name__ == '__main__':
-  config.set_defaults(DEFAULTS)
+  launcher_flags.set_defaults(DEFAULTS)
   app.run(main)

@@ -193,6 +193,47 @@ ESTIMATOR_STYLES = {
 }
 
 
+def plot_task_predictions(task, predictions, path, *, title, max_query=10):
+  """One task: support images (with labels), then a row of query images per arm.
+
+  Args:
+    task: ``mj.Task`` of ONE task (host arrays; images [n, H, W, 1]).
+    predictions: ``{arm: [num_query] predicted labels}`` after adaptation.
+    path: PNG path.
+    title: figure title.
+    max_query: query images shown per row.
+  """
+  sx, sy = np.asarray(task.support['x'])[..., 0], np.asarray(task.support['y'])
+  qx, qy = np.asarray(task.query['x'])[..., 0], np.asarray(task.query['y'])
+  order = np.argsort(qy, kind='stable')
+  show = order[np.linspace(0, len(order) - 1, min(max_query, len(order))
+                           ).astype(int)]
+  cols = max(len(sy), len(show))
+  rows = 1 + len(predictions)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.0 * cols + 1.2, 1.15 * rows),
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.axis('off')
+  for i in range(len(sy)):
+    axes[0, i].imshow(sx[i], cmap='gray_r', vmin=0, vmax=1)
+    axes[0, i].set_title(f'class {sy[i]}', fontsize=7)
+  axes[0, 0].text(-0.3, 0.5, 'support', transform=axes[0, 0].transAxes,
+                  ha='right', va='center', fontsize=8)
+  for r, (arm, pred) in enumerate(predictions.items(), start=1):
+    pred = np.asarray(pred)
+    for c, q in enumerate(show):
+      ax = axes[r, c]
+      ax.imshow(qx[q], cmap='gray_r', vmin=0, vmax=1)
+      ok = pred[q] == qy[q]
+      ax.set_title(f'{pred[q]} ({qy[q]})', fontsize=7,
+                   color='tab:green' if ok else 'tab:red')
+    axes[r, 0].text(-0.3, 0.5, arm_label(arm),
+                    transform=axes[r, 0].transAxes, ha='right', va='center',
+                    fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
 def plot_estimator_errors(results, path, *, title=None):
   """Relative Hessian-vector-product error vs delta and vs b.
 

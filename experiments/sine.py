@@ -40,8 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import maml_jax as mj
+from experiments import cli
 from experiments import config
+from experiments import launcher_flags
 from experiments import plotting
+from experiments import problems
 from experiments import rundir
 from experiments import summaries
 from experiments import training
@@ -63,9 +66,9 @@ DEFAULTS = dict(
 )
 QUICK = dict(num_iterations=1000, eval_every=250)
 
-config.define_training_flags()
-config.define_inner_lr_flags()
-flags.adopt_module_key_flags(config)
+launcher_flags.define_training_flags()
+launcher_flags.define_inner_lr_flags()
+flags.adopt_module_key_flags(launcher_flags)
 flags.DEFINE_integer('num_support', 10, 'K, support points per task.')
 flags.DEFINE_integer('num_query', 10, 'Query points per task.')
 flags.DEFINE_integer('kshot_steps', 10,
@@ -95,10 +98,10 @@ def k_step_mse(params, tasks, *, inner_lr, max_steps, num_inner_steps=None):
 
 
 def make_problem(cfg, *, num_support, num_query, num_test_tasks, eval_seed):
-  """The ``training.Problem`` of sine regression, the held-out test tasks."""
+  """The ``problems.Problem`` of sine regression, the held-out test tasks."""
   sample = functools.partial(mj.tasks.sine_tasks, num_support=num_support,
                              num_query=num_query)
-  return training.supervised_problem(
+  return problems.supervised_problem(
       cfg, loss_fn=mj.models.sine_loss, init_params=mj.models.init_sine_params,
       sample=sample, num_test_tasks=num_test_tasks, eval_seed=eval_seed)
 
@@ -140,7 +143,7 @@ def run(argv, chunk_hook=None):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
   cfg = config.training_config(NAME, defaults)
-  num_test_tasks = config.flag_or_default('num_test_tasks', defaults)
+  num_test_tasks = launcher_flags.flag_or_default('num_test_tasks', defaults)
   for name, value in [(n, FLAGS[n].value) for n in (
       'num_support', 'num_query', 'kshot_steps')] + [
           ('num_test_tasks', num_test_tasks)]:
@@ -229,8 +232,8 @@ def run(argv, chunk_hook=None):
   return result
 
 
-main = config.cli_main(run)
+main = cli.cli_main(run)
 
 if __name__ == '__main__':
-  config.set_defaults(DEFAULTS)
+  launcher_flags.set_defaults(DEFAULTS)
   app.run(main)

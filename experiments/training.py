@@ -1,6 +1,6 @@
-"""Meta-training of the supervised launchers (sine, matrix factorization).
+"""Meta-training of the supervised launchers (sine, matrix factorization, few-shot).
 
-A launcher describes its experiment as a ``Problem`` (loss, initial
+A launcher describes its experiment as a ``problems.Problem`` (loss, initial
 parameters, on-device task sampler, held-out evaluation) and hands it to
 ``run_experiment``: ``sweep`` (with ``--sweep``) then ``train``, which runs
 every algorithm of ``--algorithms`` for every seed of ``--seeds`` with
@@ -8,78 +8,32 @@ every algorithm of ``--algorithms`` for every seed of ``--seeds`` with
 call, seeds batched with ``jax.vmap`` (with ``--inner_lrs``, the grid of
 (inner_lr, seed) pairs: the fixed step size is data of the one compiled
 program). ``--learn_inner_lr`` makes the inner step sizes meta-parameters
-(``mj.LearnedInnerLR``), trained by their own optimizer (``meta_optimizer``)
-and checkpointed with w_0. The chunks, held-out evaluations, metrics files, checkpoints and
-``--resume`` are the shared loop's (``experiments.loop``); this module tells
-it how a chunk runs and what a metrics row holds.
+(``mj.LearnedInnerLR``), trained by their own optimizer
+(``builders.meta_optimizer``) and checkpointed with w_0. The chunks, held-out
+evaluations, metrics files, checkpoints and ``--resume`` are the shared
+loop's (``experiments.loop``); ``train`` tells it how a chunk runs
+(``build_chunk_runs``), how the members are evaluated
+(``build_evaluations``) and what a metrics row holds (``member_rows``).
 """
-
 import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import maml_jax as mj
+from experiments import builders
 from experiments import config
 from experiments import loop
 from experiments import rundir
 from experiments import summaries
-
-
-class Problem(NamedTuple):
-  """What a launcher tells ``train`` about its experiment.
-
-  Attributes:
-    loss_fn: ``loss_fn(params, batch) -> scalar``.
-    init_params: ``init_params(key) -> params`` (w_0 of one seed).
-    sample_tasks: ``sample_tasks(key) -> mj.Task`` of ``tasks_per_batch``
-      tasks (leading task axis), pure JAX (runs inside the fused loop).
-    evaluate: ``evaluate(params, inner_lr) -> {name: scalar}`` on fixed
-      held-out tasks, pure JAX; must contain ``'test_loss'`` (the meta-test
-      loss after adaptation with stepsize ``inner_lr``, the algorithm's alpha,
-      passed as a keyword Python float, or a traced scalar with
-      ``--inner_lrs``). ``params`` may be ``mj.LearnedInnerLR``: then its
-      step sizes are the ones to adapt with.
-    validate: ``validate(params, inner_lr) -> scalar`` on fixed validation
-      tasks (other tasks than ``evaluate``'s), used by ``--sweep``.
-    sampler: the estimators' sampler for ``mj.Sampled`` batches, or None.
-    has_aux: ``loss_fn`` returns ``(loss, {name: scalar})`` (e.g. accuracy);
-      the estimators are built with ``has_aux=True`` and the metric rows get
-      ``train_<name>``, the mean over the chunk of the query aux after
-      adaptation.
-    task_batching: how the task axis of a meta-gradient is batched
-      (``mj.meta_gradient``); 'auto' (default) picks 'vmap' for MLPs and
-      'map' for conv nets on CPU.
-    member_batching: how the members (seeds, grid points) of a chunk run:
-      'vmap' (one batched program, right for small models) or 'map'
-      (``lax.map``, one after another: a vmapped conv net with per-seed
-      weights runs grouped convolutions, slow on CPU).
-  """
-  loss_fn: Callable
-  init_params: Callable
-  sample_tasks: Callable
-  evaluate: Callable
-  validate: Optional[Callable] = None
-  sampler: Optional[Callable] = None
-  has_aux: bool = False
-  task_batching: object = 'auto'
-  member_batching: str = 'vmap'
-
-
-def split_meta_params(params, inner_lr=None):
-  """(w_0, alpha): of ``mj.LearnedInnerLR`` params, else (params, inner_lr)."""
-  if isinstance(params, mj.LearnedInnerLR):
-    return params.params, params.inner_lr
-  return params, inner_lr
 
 
 def inner_lr_stats(inner_lr, *, per_step):
@@ -105,108 +59,6 @@ def inner_lr_stats(inner_lr, *, per_step):
     for j in range(steps):
       out[f'inner_lr_step{j}_mean'] = by_step[:, j].mean(1)
   return out
-
-
-def held_out_loss(loss_fn, params, tasks, *, inner_lr, num_inner_steps):
-  """Mean query loss over ``tasks`` before and after ``num_inner_steps`` (mj.adapt).
-
-  ``params`` may be ``mj.LearnedInnerLR`` (then its step sizes are used);
-  ``inner_lr`` may be a float or a traced scalar (``--inner_lrs``).
-  """
-  w0, _ = split_meta_params(params)
-
-  def one(support, query):
-    adapted, _ = mj.adapt(loss_fn, params, support, inner_lr=inner_lr,
-                          num_inner_steps=num_inner_steps)
-    return loss_fn(w0, query), loss_fn(adapted, query)
-
-  before, after = jax.vmap(one)(tasks.support, tasks.query)
-  return jnp.mean(before), jnp.mean(after)
-
-
-def supervised_problem(cfg, *, loss_fn, init_params, sample, num_test_tasks,
-                       eval_seed):
-  """The ``Problem`` of tasks with fixed support/query batches (MF, sine).
-
-  Args:
-    cfg: the ``TrainConfig`` (for ``num_inner_steps`` and ``tasks_per_batch``).
-    loss_fn: ``loss_fn(params, batch) -> scalar``.
-    init_params: ``init_params(key) -> params``.
-    sample: ``sample(key, num_tasks) -> mj.Task``.
-    num_test_tasks: size of the fixed test set and of the validation set.
-    eval_seed: seed of both fixed sets.
-
-  Returns:
-    (``Problem`` whose evaluate/validate report the query loss after
-    ``cfg.num_inner_steps`` adaptation steps, the test tasks, their key).
-  """
-  k_test, k_val = jax.random.split(jax.random.PRNGKey(eval_seed))
-  test_tasks = sample(k_test, num_test_tasks)
-  val_tasks = sample(k_val, num_test_tasks)
-
-  def evaluate(params, *, inner_lr):
-    before, after = held_out_loss(loss_fn, params, test_tasks,
-                                  inner_lr=inner_lr,
-                                  num_inner_steps=cfg.num_inner_steps)
-    return {'test_loss': after, 'test_loss_before': before}
-
-  def validate(params, *, inner_lr):
-    return held_out_loss(loss_fn, params, val_tasks, inner_lr=inner_lr,
-                         num_inner_steps=cfg.num_inner_steps)[1]
-
-  problem = Problem(loss_fn=loss_fn, init_params=init_params,
-                    sample_tasks=lambda key: sample(key, cfg.tasks_per_batch),
-                    evaluate=evaluate, validate=validate)
-  return problem, test_tasks, k_test
-
-
-def make_estimator(algorithm, loss_fn, *, inner_lr, num_inner_steps,
-                   num_directions, delta, sampler=None, remat=False,
-                   has_aux=False, loss_before=True):
-  """The ``maml_jax`` estimator named ``algorithm`` (one of ``mj.ESTIMATORS``).
-
-  Built by the library's registry (``mj.make_estimator``) from the launcher's
-  hyperparameters, passing only those the estimator takes
-  (``mj.estimator_kwargs``): no delta to MAML, no b to HF-MAML.
-  ``inner_lr`` may be a float, an array or tracer (``--inner_lrs``), or None
-  (the step sizes come with ``mj.LearnedInnerLR`` params). ``loss_before``:
-  the launchers log the query loss at w_0 ('train_loss_before' in
-  metrics.jsonl), one forward pass of the query batch per task that the
-  library computes only when asked.
-  """
-  return mj.make_estimator(algorithm, loss_fn, **mj.estimator_kwargs(
-      algorithm, inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-      num_directions=num_directions, delta=delta, sampler=sampler,
-      remat=remat, has_aux=has_aux, loss_before=loss_before))
-
-
-def make_optimizer(name, learning_rate):
-  """``optax.<name>`` with its learning rate held in the optimizer state.
-
-  ``optax.inject_hyperparams`` keeps the learning rate an array of the state,
-  so states with different learning rates share one compiled update (used by
-  ``--sweep`` to train every candidate meta lr in one vmapped call).
-  """
-  config.check_optimizer_name(name)
-  return optax.inject_hyperparams(getattr(optax, name))(
-      learning_rate=learning_rate)
-
-
-def meta_optimizer(cfg, meta_lr):
-  """The meta optimizer of ``cfg`` with w_0's learning rate ``meta_lr``.
-
-  ``make_optimizer(cfg.meta_optimizer, meta_lr)``; with ``--learn_inner_lr``
-  the step sizes get their own (``mj.partition_inner_lr``):
-  ``--inner_lr_optimizer`` at ``--inner_lr_meta_lr``, by default the same
-  optimizer at ``config.INNER_LR_META_LR_SCALE`` x ``meta_lr`` (EXPERIMENTS.md,
-  'Learned step sizes that train'). Both learning rates are state arrays,
-  so ``--sweep`` vmaps over ``meta_lr``.
-  """
-  optimizer = make_optimizer(cfg.meta_optimizer, meta_lr)
-  if not cfg.learned:
-    return optimizer
-  name, lr = cfg.inner_lr_hparams(meta_lr)
-  return mj.partition_inner_lr(optimizer, make_optimizer(name, lr))
 
 
 class Arm(NamedTuple):
@@ -263,25 +115,6 @@ class TrainResult(NamedTuple):
     return out
 
 
-def meta_params(params, cfg, inner_lr):
-  """The meta parameters of one member: w_0, or with ``--learn_inner_lr``
-  ``mj.LearnedInnerLR(w_0, step sizes of that kind, all = inner_lr)``."""
-  if not cfg.learned:
-    return params
-  return mj.LearnedInnerLR(params, mj.init_inner_lr(
-      params, inner_lr, cfg.learn_inner_lr,
-      num_inner_steps=cfg.num_inner_steps if cfg.per_step_inner_lr else None))
-
-
-def _estimator(problem, cfg, algorithm, inner_lr, delta):
-  """The estimator of ``algorithm``; learned step sizes come with the params."""
-  return make_estimator(
-      algorithm, problem.loss_fn, inner_lr=None if cfg.learned else inner_lr,
-      num_inner_steps=cfg.num_inner_steps, num_directions=cfg.num_directions,
-      delta=delta, sampler=problem.sampler, remat=cfg.remat,
-      has_aux=problem.has_aux)
-
-
 def over_members(fn, batching):
   """``fn`` mapped over a leading member axis of every argument.
 
@@ -319,13 +152,13 @@ def sweep(problem, cfg, run_dir):
     best = None
     for delta in deltas:
       base = cfg.hparams(algorithm)
-      params = meta_params(w0, cfg, base.inner_lr)
-      est = _estimator(problem, cfg, algorithm, base.inner_lr, delta)
-      optimizer = meta_optimizer(cfg, cfg.meta_lr)
+      params = builders.meta_params(w0, cfg, base.inner_lr)
+      est = builders.estimator(problem, cfg, algorithm, base.inner_lr, delta)
+      optimizer = builders.meta_optimizer(cfg, cfg.meta_lr)
       run = mj.make_fused_train(est, optimizer, problem.sample_tasks,
                                 cfg.sweep_iterations, mesh=mesh)
       states = jax.vmap(lambda lr: mj.init_train_state(
-          params, meta_optimizer(cfg, lr)))(lrs)
+          params, builders.meta_optimizer(cfg, lr)))(lrs)
       key = train_keys[0]
       if mesh is not None:
         states, key = mj.replicate((states, key), mesh)
@@ -357,19 +190,216 @@ def sweep(problem, cfg, run_dir):
   return chosen
 
 
+class Member(NamedTuple):
+  """One member of the vmapped axis of a chunk.
+
+  Attributes:
+    inner_lr: the member's fixed step size with ``--inner_lrs``, else None
+      (the algorithm's own alpha).
+    seed: the seed of its w_0 and task sequence.
+  """
+  inner_lr: Optional[float]
+  seed: int
+
+
+def chunk_members(cfg):
+  """The members of ``cfg``: one per seed, or the grid (inner_lr, seed).
+
+  The grid of ``--inner_lrs`` is inner_lr major: member i of step size a
+  equals a separate run with ``--inner_lr=a`` and that seed.
+  """
+  if cfg.inner_lrs:
+    return tuple(Member(lr, seed) for lr in cfg.inner_lrs for seed in cfg.seeds)
+  return tuple(Member(None, seed) for seed in cfg.seeds)
+
+
+def chunk_lengths(cfg):
+  """The lengths of the compiled chunks: ``eval_every``, and the remainder."""
+  return {cfg.eval_every, cfg.num_iterations % cfg.eval_every} - {0}
+
+
+def train_mesh(cfg):
+  """The mesh each task batch is split over (``--shard_tasks``), or None.
+
+  On with several processes (always): each iteration's tasks are split over
+  every device of every process; the states stay replicated.
+  """
+  if not cfg.shard_tasks:
+    return None
+  mesh = mj.task_mesh()
+  logging.info('each task batch is split over %d %s devices (%d process(es))',
+               mesh.size, jax.default_backend(), jax.process_count())
+  return mesh
+
+
+def build_chunk_runs(problem, cfg, algorithm, hp, optimizer, *, member_lrs,
+                     mesh):
+  """One algorithm's compiled chunks: ``{length: run(states, train_keys)}``.
+
+  ``run`` is ``mj.make_fused_train`` of ``length`` meta-iterations mapped
+  over the members (``over_members``). With ``member_lrs`` (the ``--inner_lrs``
+  grid, one step size per member) the step size is an argument of the one
+  compiled program, so every grid point shares it.
+
+  Args:
+    problem: the experiment's ``problems.Problem``.
+    cfg: ``TrainConfig``.
+    algorithm: the estimator name.
+    hp: its ``HParams`` (alpha and delta of the estimator).
+    optimizer: its meta optimizer (``builders.meta_optimizer``).
+    member_lrs: [members] fixed step sizes, or None.
+    mesh: ``train_mesh(cfg)``.
+
+  Returns:
+    ``{length: run}`` for every length of ``chunk_lengths(cfg)``; ``run``
+    returns ``(states, metrics)`` with a leading member axis.
+  """
+  over = functools.partial(over_members, batching=problem.member_batching)
+  compile_chunk = jax.jit if mesh is None else functools.partial(
+      jax.jit, out_shardings=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
+
+  def fused(inner_lr, length):
+    est = builders.estimator(problem, cfg, algorithm, inner_lr, hp.delta)
+    return mj.make_fused_train(
+        est, optimizer, problem.sample_tasks, length, jit=False,
+        task_batching=problem.task_batching, mesh=mesh)
+
+  def fixed_run(length):
+    return compile_chunk(over(fused(hp.inner_lr, length)))
+
+  def grid_run(length):
+    def member_run(lr, state, key):
+      return fused(lr, length)(state, key)
+    return functools.partial(compile_chunk(over(member_run)), member_lrs)
+
+  build = fixed_run if member_lrs is None else grid_run
+  return {length: build(length) for length in chunk_lengths(cfg)}
+
+
+def init_states(cfg, w0, inner_lr, optimizer):
+  """The members' initial ``mj.TrainState``: w_0 (leading member axis), and
+  with ``--learn_inner_lr`` step sizes all equal to ``inner_lr``."""
+  params = jax.vmap(lambda p: builders.meta_params(p, cfg, inner_lr))(w0)
+  return jax.vmap(lambda p: mj.init_train_state(p, optimizer))(params)
+
+
+def build_evaluations(problem, cfg, hparams, member_lrs):
+  """The compiled held-out evaluation of each algorithm's members.
+
+  ``problem.evaluate`` mapped over the members, compiled once per step-size
+  setting: with ``member_lrs`` (the ``--inner_lrs`` grid) one program that
+  takes each member's step size, shared by every algorithm; otherwise one
+  program per distinct fixed alpha, shared by the algorithms that use it.
+
+  Returns:
+    ``{algorithm: evaluate(params) -> {name: [members]}}``.
+  """
+  over = functools.partial(over_members, batching=problem.member_batching)
+  if member_lrs is not None:
+    grid = jax.jit(over(lambda p, lr: problem.evaluate(p, inner_lr=lr)))
+    evaluate = lambda params: grid(params, member_lrs)
+    return {algorithm: evaluate for algorithm in cfg.algorithms}
+  by_inner_lr = {}
+  for algorithm in cfg.algorithms:
+    lr = hparams[algorithm].inner_lr
+    if lr not in by_inner_lr:
+      by_inner_lr[lr] = jax.jit(over(functools.partial(problem.evaluate,
+                                                       inner_lr=lr)))
+  return {a: by_inner_lr[hparams[a].inner_lr] for a in cfg.algorithms}
+
+
+def member_rows(members, algorithm, iteration, wall_time, chunk, values):
+  """The metric rows of one algorithm at ``iteration``, one per member.
+
+  Args:
+    members: the ``Member`` s.
+    algorithm: the estimator name.
+    iteration: meta-iterations done.
+    wall_time: the algorithm's seconds of training so far.
+    chunk: the ``loop.Chunk`` just run (its training metrics and seconds),
+      or None for the initial state.
+    values: ``{name: [members]}`` host values: the held-out evaluation and,
+      with learned step sizes, their summary (``inner_lr_stats``).
+
+  Returns:
+    A list of rows (dicts), in the order of ``members``.
+  """
+  out = []
+  for s, (lr, seed) in enumerate(members):
+    row = {'algorithm': algorithm, 'seed': seed, 'iteration': iteration,
+           'wall_time': wall_time}
+    if lr is not None:
+      row['inner_lr'] = lr
+    if chunk is not None:
+      metrics = chunk.metrics
+      row.update(
+          train_loss=float(np.mean(metrics['loss_after'][s])),
+          grad_norm=float(metrics['grad_norm'][s][-1]),
+          num_nonfinite=int(np.sum(metrics['num_nonfinite'][s])),
+          chunk_seconds=chunk.seconds)
+      if 'loss_before' in metrics:
+        row['train_loss_before'] = float(np.mean(metrics['loss_before'][s]))
+      for name, value in metrics.get('aux_after', {}).items():
+        row[f'train_{name}'] = float(np.mean(value[s]))
+    row.update({k: float(v[s]) for k, v in values.items()})
+    out.append(row)
+  return out
+
+
+def describe_rows(rows, *, learned):
+  """The progress line of one algorithm's rows: per arm, the member means."""
+  by_arm = {}
+  for r in rows:
+    by_arm.setdefault(summaries.row_arm(r), []).append(r)
+  mean = lambda rs, k: loop.format_value(np.mean(
+      [r[k] or np.nan for r in rs]))
+  return ' | '.join(
+      f'{arm}: train {mean(rs, "train_loss")} test {mean(rs, "test_loss")}'
+      + (f' alpha {mean(rs, "inner_lr_mean")}' if learned else '')
+      for arm, rs in by_arm.items())
+
+
+def make_hooks(cfg, members, runs, evaluations):
+  """The ``loop.Hooks`` of ``train``: its chunks, rows and progress line.
+
+  Args:
+    cfg: ``TrainConfig``.
+    members: the ``Member`` s (``chunk_members``).
+    runs: ``{algorithm: {length: run}}`` (``build_chunk_runs``).
+    evaluations: ``{algorithm: evaluate}`` (``build_evaluations``).
+  """
+
+  def run_chunk(algorithm, length, state, keys):
+    return runs[algorithm][length](state, keys)
+
+  def rows(algorithm, iteration, state, wall_time, chunk):
+    values = loop.to_host(evaluations[algorithm](state.params))
+    if cfg.learned:
+      values.update(inner_lr_stats(state.params.inner_lr,
+                                   per_step=cfg.per_step_inner_lr))
+    return member_rows(members, algorithm, iteration, wall_time, chunk, values)
+
+  def describe(algorithm, rows, chunk):
+    del algorithm, chunk  # the rows say it all
+    return describe_rows(rows, learned=cfg.learned)
+
+  return loop.Hooks(run_chunk=run_chunk, rows=rows, describe=describe)
+
+
 def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
   """Meta-trains every algorithm of ``cfg`` for every seed, with checkpoints.
 
   Every algorithm starts from the same w_0 per seed and sees the same task
   sequence (same train key). Iterations run in chunks of ``cfg.eval_every``
-  with ``mj.make_fused_train``, vmapped over the members: the seeds, or with
-  ``--inner_lrs`` the grid (inner_lr, seed), whose step size is data of the
-  one compiled program (member i of step size a equals a separate run with
-  ``--inner_lr=a`` and that seed). With ``--learn_inner_lr`` the meta
-  parameters are ``mj.LearnedInnerLR`` and the rows record their summary.
+  with ``mj.make_fused_train``, mapped over the members (``chunk_members``):
+  the seeds, or with ``--inner_lrs`` the grid (inner_lr, seed), whose step
+  size is data of the one compiled program (``build_chunk_runs``). With
+  ``--learn_inner_lr`` the meta parameters are ``mj.LearnedInnerLR`` and the
+  rows record their summary.
 
   Args:
-    problem: the experiment's ``Problem``.
+    problem: the experiment's ``problems.Problem``.
     cfg: ``TrainConfig``.
     run_dir: ``RunDir`` (metrics rows of a resumed run already loaded).
     hparams: optional ``{algorithm: HParams}`` (from ``sweep``); default
@@ -383,111 +413,28 @@ def train(problem, cfg, run_dir, *, hparams=None, chunk_hook=None):
   hparams = dict(hparams or {})
   for algorithm in cfg.algorithms:
     hparams.setdefault(algorithm, cfg.hparams(algorithm))
-  grid = tuple(cfg.inner_lrs)
-  # Members of the vmapped axis: (inner_lr or None, seed), inner_lr major.
-  members = ([(lr, seed) for lr in grid for seed in cfg.seeds] if grid
-             else [(None, seed) for seed in cfg.seeds])
-  init_keys, train_keys = loop.seed_keys([seed for _, seed in members])
+  members = chunk_members(cfg)
+  init_keys, train_keys = loop.seed_keys([m.seed for m in members])
   w0 = jax.vmap(problem.init_params)(init_keys)
-  member_lrs = jnp.asarray([lr for lr, _ in members], jnp.float32) if grid else None
-  members_of = functools.partial(over_members,
-                                 batching=problem.member_batching)
-  lengths = {cfg.eval_every, cfg.num_iterations % cfg.eval_every} - {0}
-  # --shard_tasks (always with several processes): each iteration's tasks
-  # are split over every device of every process; states stay replicated.
-  mesh = mj.task_mesh() if cfg.shard_tasks else None
-  if mesh is not None:
-    logging.info('each task batch is split over %d %s devices (%d process(es))',
-                 mesh.size, jax.default_backend(), jax.process_count())
-  compile_chunk = jax.jit if mesh is None else functools.partial(
-      jax.jit, out_shardings=jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec()))
-  runs, states, evaluate = {}, {}, {}
-  by_lr = {}  # one compiled evaluation per distinct fixed inner lr
+  member_lrs = (jnp.asarray([m.inner_lr for m in members], jnp.float32)
+                if cfg.inner_lrs else None)
+  mesh = train_mesh(cfg)
+  runs, states = {}, {}
   for algorithm in cfg.algorithms:
     hp = hparams[algorithm]
-    optimizer = meta_optimizer(cfg, hp.meta_lr)
-    runs[algorithm] = {}
-    for length in lengths:
-      if grid:
-        def member_run(lr, state, key, algorithm=algorithm, length=length,
-                       optimizer=optimizer, delta=hp.delta):
-          est = _estimator(problem, cfg, algorithm, lr, delta)
-          return mj.make_fused_train(
-              est, optimizer, problem.sample_tasks, length, jit=False,
-              task_batching=problem.task_batching, mesh=mesh)(state, key)
-        runs[algorithm][length] = functools.partial(
-            compile_chunk(members_of(member_run)), member_lrs)
-      else:
-        est = _estimator(problem, cfg, algorithm, hp.inner_lr, hp.delta)
-        runs[algorithm][length] = compile_chunk(members_of(
-            mj.make_fused_train(est, optimizer, problem.sample_tasks, length,
-                                jit=False, task_batching=problem.task_batching,
-                                mesh=mesh)))
-    params = jax.vmap(lambda p, lr=hp.inner_lr: meta_params(p, cfg, lr))(w0)
-    states[algorithm] = jax.vmap(
-        lambda p, opt=optimizer: mj.init_train_state(p, opt))(params)
-    if grid:
-      if 'grid' not in by_lr:
-        grid_eval = jax.jit(members_of(
-            lambda p, lr: problem.evaluate(p, inner_lr=lr)))
-        by_lr['grid'] = lambda p, f=grid_eval: f(p, member_lrs)
-      evaluate[algorithm] = by_lr['grid']
-    else:
-      if hp.inner_lr not in by_lr:
-        by_lr[hp.inner_lr] = jax.jit(members_of(functools.partial(
-            problem.evaluate, inner_lr=hp.inner_lr)))
-      evaluate[algorithm] = by_lr[hp.inner_lr]
-
-  def run_chunk(algorithm, length, state, keys):
-    return runs[algorithm][length](state, keys)
-
-  def rows(algorithm, iteration, state, wall_time, chunk):
-    values = loop.to_host(evaluate[algorithm](state.params))
-    if cfg.learned:
-      values.update(inner_lr_stats(state.params.inner_lr,
-                                   per_step=cfg.per_step_inner_lr))
-    out = []
-    for s, (lr, seed) in enumerate(members):
-      row = {'algorithm': algorithm, 'seed': seed, 'iteration': iteration,
-             'wall_time': wall_time}
-      if lr is not None:
-        row['inner_lr'] = lr
-      if chunk is not None:
-        metrics = chunk.metrics
-        row.update(
-            train_loss=float(np.mean(metrics['loss_after'][s])),
-            grad_norm=float(metrics['grad_norm'][s][-1]),
-            num_nonfinite=int(np.sum(metrics['num_nonfinite'][s])),
-            chunk_seconds=chunk.seconds)
-        if 'loss_before' in metrics:
-          row['train_loss_before'] = float(np.mean(metrics['loss_before'][s]))
-        for name, value in metrics.get('aux_after', {}).items():
-          row[f'train_{name}'] = float(np.mean(value[s]))
-      row.update({k: float(v[s]) for k, v in values.items()})
-      out.append(row)
-    return out
-
-  def describe(algorithm, rows, chunk):
-    del algorithm, chunk  # the rows say it all
-    by_arm = {}
-    for r in rows:
-      by_arm.setdefault(summaries.row_arm(r), []).append(r)
-    mean = lambda rs, k: loop.format_value(np.mean(
-        [r[k] or np.nan for r in rs]))
-    return ' | '.join(
-        f'{arm}: train {mean(rs, "train_loss")} test {mean(rs, "test_loss")}'
-        + (f' alpha {mean(rs, "inner_lr_mean")}' if cfg.learned else '')
-        for arm, rs in by_arm.items())
-
+    optimizer = builders.meta_optimizer(cfg, hp.meta_lr)
+    runs[algorithm] = build_chunk_runs(problem, cfg, algorithm, hp, optimizer,
+                                       member_lrs=member_lrs, mesh=mesh)
+    states[algorithm] = init_states(cfg, w0, hp.inner_lr, optimizer)
+  hooks = make_hooks(cfg, members, runs,
+                     build_evaluations(problem, cfg, hparams, member_lrs))
   done = loop.train_loop(
-      loop.Hooks(run_chunk=run_chunk, rows=rows, describe=describe), run_dir,
-      states, train_keys, num_iterations=cfg.num_iterations,
+      hooks, run_dir, states, train_keys, num_iterations=cfg.num_iterations,
       eval_every=cfg.eval_every, resume=cfg.resume, num_seeds=len(cfg.seeds),
       chunk_hook=chunk_hook, mesh=mesh)
   return TrainResult(states=done.states, hparams=hparams, rows=run_dir.rows,
                      seconds_per_iteration=done.seconds_per_iteration,
-                     inner_lrs=grid)
+                     inner_lrs=tuple(cfg.inner_lrs))
 
 
 def run_experiment(problem, cfg, run_dir, *, chunk_hook=None):

@@ -4,7 +4,7 @@ r"""One process of a multi-process sine training, for tests/experiments/test_dis
       --coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I \
       <experiments.sine flags>
 
-``config.cli_main`` joins the run with ``jax.distributed`` first, as every
+``cli.cli_main`` joins the run with ``jax.distributed`` first, as every
 launcher's command line does; then ``train_sine`` runs the sine launcher's
 training (``training.run_experiment`` of its problem: metrics, checkpoints,
 --resume; not its final curves and pictures, to keep CI short) and this
@@ -25,6 +25,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from experiments import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import rundir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import sine  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -78,4 +79,4 @@ def run(argv):
 
 
 if __name__ == '__main__':
-  app.run(config.cli_main(run))
+  app.run(cli.cli_main(run))

@@ -14,7 +14,7 @@ latest checkpoint with exactly the metrics of an uninterrupted run
 ``fold_in(key, i)``). At the end: summary.md, learning curves and a picture
 of trajectories before/after adaptation (figures/ in the run folder).
 
-Shared flags (see experiments/config.py) keep their meaning: --tasks_per_batch
+Shared flags (see experiments/launcher_flags.py) keep their meaning: --tasks_per_batch
 (tasks per meta-batch), --meta_optimizer (here 'trpo' or 'adam'), --meta_lr
 (Adam only), --inner_lr/--zo_inner_lr, --num_directions, --delta. --sweep is
 not supported for RL.
@@ -31,9 +31,11 @@ import jax
 import numpy as np
 
 import maml_jax as mj
-from experiments import config
+from experiments import cli
+from experiments import launcher_flags
 from experiments import loop
 from experiments import rundir
+from experiments import runtime
 from experiments import summaries
 from experiments.rl import brax_envs
 from experiments.rl import metarl
@@ -61,8 +63,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """The shared training flags plus the RL-specific ones (idempotent)."""
-  config.define_training_flags()
-  d = config.define_once
+  launcher_flags.define_training_flags()
+  d = launcher_flags.define_once
   d(flags.DEFINE_string, 'env', 'navigation2d',
     'Environment: navigation2d, halfcheetah_vel or halfcheetah_dir (the '
     "HalfCheetah tasks need Brax: pip install -e '.[brax]').")
@@ -97,7 +99,7 @@ def define_flags():
 
 
 def resolve(name):
-  return config.flag_or_default(name, DEFAULTS)
+  return launcher_flags.flag_or_default(name, DEFAULTS)
 
 
 def make_configs():
@@ -112,9 +114,9 @@ def make_configs():
                                    brax_backend=FLAGS.brax_backend)
   if FLAGS.sweep:
     raise app.UsageError('--sweep is not supported by the RL launcher')
-  algorithms = config.parse_algorithms(resolve('algorithms'))
-  seeds = config.parse_seeds(FLAGS.seeds)
-  hidden = config.parse_ints('hidden', FLAGS.hidden)
+  algorithms = launcher_flags.parse_algorithms(resolve('algorithms'))
+  seeds = launcher_flags.parse_seeds(FLAGS.seeds)
+  hidden = launcher_flags.parse_ints('hidden', FLAGS.hidden)
   if not hidden or min(hidden) < 1:
     raise app.UsageError('--hidden must list positive integers')
   optimizer = resolve('meta_optimizer')
@@ -151,8 +153,8 @@ def make_configs():
     except (ValueError, TypeError) as e:
       raise app.UsageError(str(e)) from None
     configs[algorithm] = cfg
-  config.check_workdir(FLAGS.workdir)
-  shard_tasks = config.task_sharding(resolve('tasks_per_batch'))
+  launcher_flags.check_workdir(FLAGS.workdir)
+  shard_tasks = runtime.task_sharding(resolve('tasks_per_batch'))
   settings = dict(env=env_name, env_kwargs=env_kwargs, algorithms=algorithms,
                   seeds=seeds, shard_tasks=shard_tasks,
                   num_iterations=resolve('num_iterations'),
@@ -393,10 +395,11 @@ def run_cli(argv):
 
 def entry():
   define_flags()
-  config.set_defaults({k: (','.join(v) if isinstance(v, tuple) else v)
-                       for k, v in DEFAULTS.items() if k != 'algorithms'})
+  launcher_flags.set_defaults(
+      {k: (','.join(v) if isinstance(v, tuple) else v)
+       for k, v in DEFAULTS.items() if k != 'algorithms'})
   app.run(main)
 
 
 # One-line usage errors, and jax.distributed.initialize before anything runs.
-main = config.cli_main(run_cli)
+main = cli.cli_main(run_cli)

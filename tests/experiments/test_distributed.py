@@ -2,7 +2,7 @@
 
 Two processes with 2 forced CPU devices each run 3 meta-iterations of sine
 MAML and GGS-MAML through a launcher command line (tests/distributed_worker.py:
-``config.cli_main`` and the sine launcher's training); process 1 alone gets
+``cli.cli_main`` and the sine launcher's training); process 1 alone gets
 a SIGTERM (a preemption) after the checkpoint of iteration 2, both stop
 there, and the run is resumed. Both processes must end with identical
 parameters, equal to a 1-process run on this process's 4 devices
@@ -24,9 +24,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import config
+from experiments import launcher_flags
 from experiments import plotting
 from experiments import rundir
+from experiments import runtime
 from experiments import sine
 from experiments import stopping
 from launcher_util import free_port
@@ -136,25 +137,25 @@ def test_unreachable_coordinator_is_a_clear_error_not_a_hang(tmp_path):
     (['--distributed_timeout=0'], 'distributed_timeout'),
 ])
 def test_inconsistent_distributed_flags_are_refused(args, match):
-  config.define_output_flags()
+  launcher_flags.define_output_flags()
   with flagsaver.flagsaver():
     FLAGS.unparse_flags()
     FLAGS(['prog'] + args)
     with pytest.raises(app.UsageError, match=match):
-      config.distributed_args()
+      runtime.distributed_args()
     FLAGS.unparse_flags()
 
 
 def test_no_distributed_flags_means_one_process(monkeypatch):
-  config.define_output_flags()
+  launcher_flags.define_output_flags()
   for var in ('SLURM_STEP_NUM_TASKS', 'OMPI_COMM_WORLD_SIZE'):
     monkeypatch.delenv(var, raising=False)
   with flagsaver.flagsaver():
     FLAGS.unparse_flags()
     FLAGS(['prog'])
-    assert config.distributed_args() is None
+    assert runtime.distributed_args() is None
     monkeypatch.setenv('SLURM_STEP_NUM_TASKS', '4')  # srun -n 4: auto-detect
-    assert config.distributed_args() == {}
+    assert runtime.distributed_args() == {}
     FLAGS.unparse_flags()
 
 
@@ -180,25 +181,25 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
 
 def test_cpu_devices_flag_exposes_devices_and_splits_the_tasks():
   """--cpu_devices: one JAX CPU device per core, task batches split over them."""
-  code = ('import sys; from absl import flags; from experiments import config; '
-          'config.define_output_flags(); flags.FLAGS(sys.argv); '
-          'config.apply_cpu_devices(); import jax; '
-          'print(jax.device_count(), config.task_sharding(6))')
+  code = ('import sys; from absl import flags; from experiments import launcher_flags, runtime; '
+          'launcher_flags.define_output_flags(); flags.FLAGS(sys.argv); '
+          'runtime.apply_cpu_devices(); import jax; '
+          'print(jax.device_count(), runtime.task_sharding(6))')
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   out = subprocess.run([sys.executable, '-c', code, '--cpu_devices=3'], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=120,
                        check=True).stdout
   assert out.split()[-2:] == ['3', 'True']
-  config.define_output_flags()
+  launcher_flags.define_output_flags()
   with flagsaver.flagsaver():  # this process started JAX with 4 CPU devices
     for args, sharded in ((['--cpu_devices=4'], True),
                           (['--cpu_devices=4', '--noshard_tasks'], False)):
       FLAGS.unparse_flags()
       FLAGS(['prog'] + args)
-      config.apply_cpu_devices()
-      assert config.task_sharding(8) is sharded
+      runtime.apply_cpu_devices()
+      assert runtime.task_sharding(8) is sharded
     FLAGS.unparse_flags()
     FLAGS(['prog', '--cpu_devices=2'])
     with pytest.raises(app.UsageError, match='already started with 4 CPU'):
-      config.apply_cpu_devices()
+      runtime.apply_cpu_devices()
     FLAGS.unparse_flags()

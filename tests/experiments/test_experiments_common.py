@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import maml_jax as mj
+from experiments import builders
 from experiments import config
+from experiments import launcher_flags
 from experiments import loop
 from experiments import rundir
 from experiments import summaries
-from experiments import training
 from launcher_util import run_launcher
 from experiments import matrix_factorization as mf
 
@@ -106,7 +107,7 @@ def test_sweep_picks_and_records_hyperparameters(tmp_path):
 
 
 def test_checkpointer_round_trip_with_optax_state(tmp_path):
-  opt = training.make_optimizer('adam', 1e-3)
+  opt = builders.make_optimizer('adam', 1e-3)
   params = {'w': jnp.arange(3.0), 'b': jnp.ones((2, 2))}
   state = jax.vmap(lambda p: mj.init_train_state(p, opt))(
       jax.tree.map(lambda x: jnp.stack([x, x + 1]), params))
@@ -124,18 +125,18 @@ def test_checkpointer_round_trip_with_optax_state(tmp_path):
 
 def test_make_optimizer_by_name():
   for name in ('sgd', 'adam', 'rmsprop', 'adamw'):
-    opt = training.make_optimizer(name, 0.1)
+    opt = builders.make_optimizer(name, 0.1)
     state = opt.init(jnp.zeros(2))
     updates, _ = opt.update(jnp.ones(2), state, jnp.zeros(2))
     assert jnp.all(jnp.isfinite(updates))
   with pytest.raises(app.UsageError, match='not an optax optimizer'):
-    training.make_optimizer('not_an_optimizer', 0.1)
+    builders.make_optimizer('not_an_optimizer', 0.1)
   with pytest.raises(app.UsageError):
-    config.check_optimizer_name('apply_updates')
+    launcher_flags.check_optimizer_name('apply_updates')
   # The learning rate lives in the state: the same update function serves
   # every learning rate (what --sweep vmaps over).
-  opt = training.make_optimizer('sgd', 1.0)
-  state = jax.vmap(lambda lr: training.make_optimizer('sgd', lr).init(
+  opt = builders.make_optimizer('sgd', 1.0)
+  state = jax.vmap(lambda lr: builders.make_optimizer('sgd', lr).init(
       jnp.zeros(1)))(jnp.array([0.1, 0.2]))
   updates, _ = jax.vmap(lambda s: opt.update(jnp.ones(1), s))(state)
   np.testing.assert_allclose(updates[:, 0], [-0.1, -0.2], rtol=1e-6)
@@ -185,7 +186,7 @@ def test_seed_keys_are_distinct_and_deterministic():
 def test_reuse_host_memory_takes_on_glibc():
   """The launchers' mallopt call (--reuse_host_memory) is accepted by glibc."""
   import platform  # pylint: disable=g-import-not-at-top
-  from experiments import config  # pylint: disable=g-import-not-at-top
+  from experiments import runtime  # pylint: disable=g-import-not-at-top
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
     pytest.skip('mallopt is glibc only')
-  assert config.reuse_host_memory() is True
+  assert runtime.reuse_host_memory() is True

@@ -14,7 +14,7 @@ import time
 from absl import app
 import pytest
 
-from experiments import config
+from experiments import launcher_flags
 from experiments import summaries
 from launcher_util import run_launcher
 from experiments import hessian_estimators
@@ -51,11 +51,11 @@ def check_training_outputs(run, algorithms, seeds, num_evals):
 @pytest.mark.slow
 def test_matrix_factorization_end_to_end(tmp_path):
   result = run_launcher(mf, [
-      '--algorithms=' + ','.join(config.ALGORITHMS), '--seeds=0',
+      '--algorithms=' + ','.join(launcher_flags.ALGORITHMS), '--seeds=0',
       '--num_iterations=2', '--eval_every=2', '--num_test_tasks=4',
       '--tasks_per_batch=2', '--num_directions=2', f'--workdir={tmp_path}'])
-  rows = check_training_outputs(tmp_path / mf.NAME, config.ALGORITHMS, [0], 2)
-  assert set(result.states) == set(config.ALGORITHMS)
+  rows = check_training_outputs(tmp_path / mf.NAME, launcher_flags.ALGORITHMS, [0], 2)
+  assert set(result.states) == set(launcher_flags.ALGORITHMS)
   assert max(r['iteration'] for r in rows) == 2
 
 

@@ -9,12 +9,15 @@ summary. Flag and data errors are checked before anything compiles.
 import json
 import math
 import os
+import types
 
 from absl import app
 import numpy as np
 import pytest
 
 from experiments import fewshot
+from experiments import fewshot_train
+from experiments import plotting
 import launcher_util
 from test_fewshot_data import _write_omniglot
 
@@ -67,7 +70,7 @@ def test_launcher_end_to_end_on_omniglot_layout(omniglot_dir, tmp_path):
 
 
 def test_split_accuracy_interval():
-  mean, half = fewshot.split_accuracy([0.0, 1.0, 0.0, 1.0])
+  mean, half = fewshot_train.split_accuracy([0.0, 1.0, 0.0, 1.0])
   assert mean == 0.5
   assert half == pytest.approx(1.96 * 0.5 / 2)
 
@@ -97,7 +100,41 @@ def test_example_task_figure(tmp_path):
   task = mj.Task(support={'x': rng.random((3, 28, 28, 1)), 'y': np.arange(3)},
                  query={'x': rng.random((6, 28, 28, 1)),
                         'y': np.repeat(np.arange(3), 2)})
-  path = fewshot.plot_task_predictions(
+  path = plotting.plot_task_predictions(
       task, {'maml': np.array([0, 0, 1, 2, 2, 2])}, str(tmp_path / 'f.png'),
       title='t')
   assert os.path.getsize(path) > 1000
+
+
+def _settings(args):
+  """``fewshot.settings_from_flags`` with ``args`` as the command line."""
+  read = types.SimpleNamespace(run=lambda argv: fewshot.settings_from_flags())
+  return launcher_util.run_launcher(read, args)
+
+
+def test_settings_from_flags(tmp_path):
+  cfg, settings = _settings(TINY + [f'--workdir={tmp_path}', '--data_dir=d'])
+  assert cfg.experiment == fewshot.NAME and cfg.num_iterations == 2
+  assert settings.cache_dir == str(tmp_path / 'data')
+  assert (settings.dataset, settings.data_dir) == ('omniglot', 'd')
+  assert (settings.ways, settings.shots, settings.query_shots) == (3, 1, 2)
+  assert settings.num_test_tasks == 2 and settings.num_final_tasks == 4
+  assert settings.conv_impl == 'xla' and settings.member_batching == 'map'
+  _, glyphs = _settings(['--seeds=0', f'--workdir={tmp_path}',
+                         '--cache_dir=c', '--task_batching=4'])
+  assert (glyphs.dataset, glyphs.cache_dir, glyphs.task_batching) == (
+      'glyphs', 'c', 4)
+  assert glyphs.num_test_tasks == fewshot.DEFAULTS['num_test_tasks']
+
+
+def test_results_table_has_a_row_per_arm():
+  arms = {'maml': {'accuracy': [0.5, 0.7], 'ci95': [0.01, 0.02],
+                   'accuracy_by_step': [[0.2, 0.5], [0.2, 0.7]]},
+          'fo_maml@alpha=0.1': {'accuracy': [0.4], 'ci95': [0.03],
+                                'accuracy_by_step': [[0.25, 0.4]]}}
+  table = fewshot_train.results_table(arms, {'maml': 0.125}, 1)
+  lines = table.splitlines()
+  assert len(lines) == 4 and 'k = 0..1' in lines[0]
+  assert lines[2] == ('| MAML | 50.0 +- 1.0, 70.0 +- 2.0 | 60.0 | 20.0 / 60.0 '
+                      '| 0.125 |')
+  assert lines[3].endswith('| 40.0 | 25.0 / 40.0 | n/a |')

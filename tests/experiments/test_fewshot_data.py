@@ -10,7 +10,10 @@ from PIL import Image
 from PIL import ImageDraw
 import pytest
 
-from experiments import fewshot_data as fd
+from experiments import fewshot_data
+from experiments import fewshot_format
+from experiments import fewshot_glyphs
+from experiments import fewshot_omniglot
 
 MAX_CLASSES = 40  # the first 40 candidate characters (ASCII): a fast glyphs data set.
 
@@ -22,7 +25,7 @@ def glyph_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def glyphs(glyph_dir):
-  return fd.glyphs(glyph_dir, seed=0, max_classes=MAX_CLASSES)
+  return fewshot_glyphs.glyphs(glyph_dir, seed=0, max_classes=MAX_CLASSES)
 
 
 def _all_names(splits):
@@ -30,7 +33,7 @@ def _all_names(splits):
 
 
 def test_glyph_fonts_skip_last_resort_and_tex_symbols():
-  names = [os.path.basename(f) for f in fd.font_files()]
+  names = [os.path.basename(f) for f in fewshot_glyphs.font_files()]
   assert len(names) >= 30
   assert not [n for n in names if n.startswith(('LastResort', 'cmsy10', 'cmex10'))]
 
@@ -53,27 +56,28 @@ def test_glyphs_shapes_dtypes_and_split_sizes(glyphs):
 def test_glyphs_splits_are_disjoint(glyphs):
   names = _all_names(glyphs)
   assert len(names) == len(set(names))
-  characters = [fd.glyph_char(n) for n in names]
+  characters = [fewshot_glyphs.glyph_char(n) for n in names]
   assert len(characters) == len(set(characters))
-  assert fd.glyph_char('glyphs/U+03A9') == '\u03a9'
+  assert fewshot_glyphs.glyph_char('glyphs/U+03A9') == '\u03a9'
 
 
 def test_glyphs_drop_homoglyphs():
   # Greek capital Alpha (U+0391) and Cyrillic A (U+0410) draw Latin 'A'.
   codes = (ord('A'), 0x391, 0x410, ord('B'))
   signatures = []
-  renderer = fd._Renderer(fd.font_files(), 28)
-  cover = fd._coverage(fd.font_files())
+  renderer = fewshot_glyphs._Renderer(fewshot_glyphs.font_files(), 28)
+  cover = fewshot_glyphs._coverage(fewshot_glyphs.font_files())
   for code in codes:
-    signatures.append(fd._glyph_class(renderer, code, cover[code], seed=0)[1])
-  np.testing.assert_array_equal(fd._near_duplicates(signatures), [False, True, True, False])
+    signatures.append(fewshot_glyphs._glyph_class(renderer, code, cover[code], seed=0)[1])
+  np.testing.assert_array_equal(fewshot_glyphs._near_duplicates(signatures),
+                                [False, True, True, False])
 
 
 def test_glyphs_cache_equals_regeneration(glyphs, glyph_dir):
   files = os.listdir(glyph_dir)
-  assert files == [f'glyphs_v{fd.GLYPHS_VERSION}_seed0_size28_max{MAX_CLASSES}.npz']
-  loaded = fd.glyphs(glyph_dir, seed=0, max_classes=MAX_CLASSES)
-  regenerated = fd.generate_glyphs(0, max_classes=MAX_CLASSES)
+  assert files == [f'glyphs_v{fewshot_glyphs.GLYPHS_VERSION}_seed0_size28_max{MAX_CLASSES}.npz']
+  loaded = fewshot_glyphs.glyphs(glyph_dir, seed=0, max_classes=MAX_CLASSES)
+  regenerated = fewshot_glyphs.generate_glyphs(0, max_classes=MAX_CLASSES)
   for a, b, c in zip(glyphs, loaded, regenerated):
     assert a.names == b.names == c.names
     np.testing.assert_array_equal(a.images, b.images)
@@ -81,13 +85,13 @@ def test_glyphs_cache_equals_regeneration(glyphs, glyph_dir):
 
 
 def test_glyphs_seed_changes_split_not_characters(glyphs):
-  other = fd.generate_glyphs(1, max_classes=MAX_CLASSES)
+  other = fewshot_glyphs.generate_glyphs(1, max_classes=MAX_CLASSES)
   assert sorted(_all_names(other)) == sorted(_all_names(glyphs))
   assert other.train.names != glyphs.train.names
 
 
 def test_glyph_instances_depend_only_on_seed_and_character(glyphs):
-  smaller = fd.generate_glyphs(0, max_classes=MAX_CLASSES // 2)
+  smaller = fewshot_glyphs.generate_glyphs(0, max_classes=MAX_CLASSES // 2)
   everything = {n: x for data in glyphs for n, x in zip(data.names, data.images)}
   for data in smaller:
     for name, images in zip(data.names, data.images):
@@ -126,7 +130,8 @@ def omniglot_dir(tmp_path_factory):
 
 
 def test_omniglot_splits_rotations_and_ink(omniglot_dir):
-  splits = fd.omniglot(omniglot_dir, seed=0, num_train_characters=3, num_val_characters=1)
+  splits = fewshot_omniglot.omniglot(omniglot_dir, seed=0, num_train_characters=3,
+                                     num_val_characters=1)
   assert [len(d.names) for d in splits] == [12, 4, 8]  # 3 + 1 + 2 characters, x 4 rotations.
   characters = [{n.rsplit('/', 1)[0] for n in d.names} for d in splits]
   assert [len(c) for c in characters] == [3, 1, 2]
@@ -145,11 +150,13 @@ def test_omniglot_splits_rotations_and_ink(omniglot_dir):
       for k in range(4):
         np.testing.assert_array_equal(data.images[c + k], np.rot90(data.images[c], k, (1, 2)))
   # The same seed gives the same data; some other seed another split.
-  again = fd.omniglot(omniglot_dir, seed=0, num_train_characters=3, num_val_characters=1)
+  again = fewshot_omniglot.omniglot(omniglot_dir, seed=0, num_train_characters=3,
+                                    num_val_characters=1)
   for a, b in zip(splits, again):
     assert a.names == b.names
     np.testing.assert_array_equal(a.images, b.images)
-  other = [fd.omniglot(omniglot_dir, seed=s, num_train_characters=3, num_val_characters=1)
+  other = [fewshot_omniglot.omniglot(omniglot_dir, seed=s, num_train_characters=3,
+                                     num_val_characters=1)
            for s in (1, 2, 3)]
   assert any(o.train.names != splits.train.names for o in other)
 
@@ -157,33 +164,41 @@ def test_omniglot_splits_rotations_and_ink(omniglot_dir):
 def test_omniglot_layout_errors(tmp_path, omniglot_dir):
   missing = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='nowhere.*images_background/<alphabet>'):
-    fd.omniglot(missing)
+    fewshot_omniglot.omniglot(missing)
   half = tmp_path / 'half'
   _write_omniglot(half, {'images_background': {'Greek': 1}})
   with pytest.raises(FileNotFoundError, match='missing folder .*images_evaluation'):
-    fd.omniglot(str(half))
+    fewshot_omniglot.omniglot(str(half))
   (half / 'images_evaluation').mkdir()
   with pytest.raises(ValueError, match='no alphabet folders in .*images_evaluation'):
-    fd.omniglot(str(half))
+    fewshot_omniglot.omniglot(str(half))
   (half / 'images_evaluation' / 'Runic').mkdir()
   with pytest.raises(ValueError, match='no character folders in .*Runic'):
-    fd.omniglot(str(half))
+    fewshot_omniglot.omniglot(str(half))
   _write_character(str(half / 'images_evaluation' / 'Runic' / 'character01'), 0, num_pngs=19)
   with pytest.raises(ValueError, match='19 PNG files .*character01. Expected the Omniglot'):
-    fd.omniglot(str(half))
+    fewshot_omniglot.omniglot(str(half))
   (half / 'images_evaluation' / 'Runic' / 'character01' / 'z.png').write_bytes(b'not a png')
   with pytest.raises(ValueError, match='cannot read the image .*z.png'):
-    fd.omniglot(str(half), num_train_characters=1, num_val_characters=0)
+    fewshot_omniglot.omniglot(str(half), num_train_characters=1, num_val_characters=0)
   with pytest.raises(ValueError, match='has 6 characters: too few'):
-    fd.omniglot(omniglot_dir, num_train_characters=5, num_val_characters=1)
+    fewshot_omniglot.omniglot(omniglot_dir, num_train_characters=5, num_val_characters=1)
 
 
 def test_load_dispatches(omniglot_dir, glyphs, glyph_dir):
   with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
-    fd.load('mnist', data_dir=None, cache_dir=glyph_dir, seed=0)
+    fewshot_data.load('mnist', data_dir=None, cache_dir=glyph_dir, seed=0)
   with pytest.raises(ValueError, match='has 6 characters'):  # the default 1200 training ones.
-    fd.load('omniglot', data_dir=omniglot_dir, cache_dir=None, seed=0)
+    fewshot_data.load('omniglot', data_dir=omniglot_dir, cache_dir=None, seed=0)
   with pytest.raises(ValueError, match='--data_dir'):
-    fd.load('omniglot', data_dir=None, cache_dir=glyph_dir, seed=0)
+    fewshot_data.load('omniglot', data_dir=None, cache_dir=glyph_dir, seed=0)
   with pytest.raises(ValueError, match='cache_dir'):
-    fd.load('glyphs', data_dir=None, cache_dir=None, seed=0)
+    fewshot_data.load('glyphs', data_dir=None, cache_dir=None, seed=0)
+
+
+def test_character_order_is_a_seeded_permutation():
+  """The shuffle that splits both data sets' characters."""
+  order = fewshot_format.character_order(10, 0)
+  assert sorted(order) == list(range(10))
+  np.testing.assert_array_equal(order, fewshot_format.character_order(10, 0))
+  assert not np.array_equal(order, fewshot_format.character_order(10, 1))

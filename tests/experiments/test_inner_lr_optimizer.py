@@ -7,8 +7,8 @@ import optax
 import pytest
 
 import maml_jax as mj
+from experiments import builders
 from experiments import config
-from experiments import training
 
 
 def _meta():
@@ -82,7 +82,7 @@ def test_launcher_recipe_defaults_and_overrides():
                             'inner_lr_optimizer': 'sgd'})
   assert shared.inner_lr_hparams(3e-3) == ('sgd', 1e-3)
   meta = _meta()
-  opt = training.meta_optimizer(cfg, 1e-3)
+  opt = builders.meta_optimizer(cfg, 1e-3)
   state = opt.init(meta)
   lrs = {k: float(s.inner_state.hyperparams['learning_rate'])
          for k, s in state.inner_states.items()}

@@ -74,7 +74,7 @@ DEFAULTS = dict(
     num_test_tasks=100,
     sweep_meta_lrs=['3e-4', '1e-3', '3e-3'],
 )
-QUICK = dict(num_iterations=100, eval_every=50, num_test_tasks=50,
+QUICK = dict(num_iterations=100, eval_every=50, num_test_tasks=60,
              num_final_tasks=100)
 
 launcher_flags.define_training_flags()

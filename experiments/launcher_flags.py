@@ -216,9 +216,18 @@ def parse_seeds(values):
 
 
 def flag_or_default(name, defaults):
-  """The value of flag ``name``, or ``defaults[name]`` if it is left at None."""
-  value = FLAGS[name].value
-  return defaults.get(name) if value is None else value
+  """The value the user gave flag ``name``, else ``defaults[name]``.
+
+  A flag the command line (or code) did not set reads ``defaults``: the
+  launcher's ``DEFAULTS``, with its ``QUICK`` preset on top under ``--quick``.
+  Checking only for None would miss ``--quick`` under ``python -m``, where
+  ``set_defaults`` has already written ``DEFAULTS`` into the flags (for
+  ``--help``).
+  """
+  flag = FLAGS[name]
+  if flag.value is None or (flag.using_default_value and name in defaults):
+    return defaults.get(name)
+  return flag.value
 
 
 def parse_floats(name, values):

@@ -190,3 +190,28 @@ def test_reuse_host_memory_takes_on_glibc():
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
     pytest.skip('mallopt is glibc only')
   assert runtime.reuse_host_memory() is True
+
+
+def test_quick_preset_applies_under_python_m_and_yields_to_given_flags():
+  """``python -m experiments.matrix_factorization --quick``: the module's
+  ``__main__`` has written DEFAULTS into the flags (for --help), and --quick
+  still gives the QUICK preset for every flag the command line left unset."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  saved = flagsaver.save_flag_values()
+  try:
+    launcher_flags.set_defaults(mf.DEFAULTS)
+    defaults = dict(mf.DEFAULTS, **mf.QUICK)
+    for argv, want in [(['--quick'], mf.QUICK['num_iterations']),
+                       (['--quick', '--num_iterations=7'], 7),
+                       ([], mf.DEFAULTS['num_iterations'])]:
+      flags.FLAGS.unparse_flags()
+      flags.FLAGS(['prog'] + argv)
+      cfg = config.training_config(mf.NAME, defaults if '--quick' in argv
+                                   else mf.DEFAULTS)
+      assert cfg.num_iterations == want, argv
+      assert cfg.eval_every == (mf.QUICK if '--quick' in argv
+                                else mf.DEFAULTS)['eval_every'], argv
+  finally:
+    flags.FLAGS.unparse_flags()
+    flagsaver.restore_flag_values(saved)

@@ -414,8 +414,8 @@ def test_convnet_section_smoke(tmp_path):
       per_round = [a / b for a, b in zip(best_rounds, r[name]['round_ms'])]
       np.testing.assert_allclose(st['per_round'], per_round)
       assert r['speedup'][name] == pytest.approx(statistics.median(per_round))
-  from benchmarks import report  # pylint: disable=g-import-not-at-top
-  md = report.markdown(res)
+  from benchmarks import tables  # pylint: disable=g-import-not-at-top
+  md = tables.markdown(res)
   assert '## Few-shot conv net' in md
   assert "user's Flax model, library op, defaults" in md
   for r in conv['rows']:

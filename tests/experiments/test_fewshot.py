@@ -12,6 +12,7 @@ import os
 import types
 
 from absl import app
+import jax
 import numpy as np
 import pytest
 
@@ -138,3 +139,39 @@ def test_results_table_has_a_row_per_arm():
   assert lines[2] == ('| MAML | 50.0 +- 1.0, 70.0 +- 2.0 | 60.0 | 20.0 / 60.0 '
                       '| 0.125 |')
   assert lines[3].endswith('| 40.0 | 25.0 / 40.0 | n/a |')
+
+
+@pytest.mark.slow
+def test_launcher_learns_per_layer_per_step_inner_lr(omniglot_dir, tmp_path):
+  """--learn_inner_lr=per_layer --per_step_inner_lr (MAML++ LSLR) end to end:
+  the step sizes are meta-parameters with one value per step and layer, the
+  rows and summary report them, and the final evaluation adapts past N."""
+  import maml_jax as mj  # pylint: disable=g-import-not-at-top
+  flags = dict(a.split('=', 1) for a in TINY)
+  flags.update({'--algorithms': 'maml,ggs_maml', '--num_directions': '2',
+                '--num_inner_steps': '2', '--eval_inner_steps': '3',
+                '--inner_lr': '0.1'})
+  argv = [f'{k}={v}' for k, v in flags.items()] + [
+      f'--data_dir={omniglot_dir}', f'--workdir={tmp_path}',
+      '--learn_inner_lr=per_layer', '--per_step_inner_lr']
+  result, final = launcher_util.run_launcher(fewshot, argv)
+  assert [arm.name for arm in result.arms()] == ['maml', 'ggs_maml']
+  for arm in result.arms():
+    assert isinstance(arm.params, mj.LearnedInnerLR)
+    w0 = jax.tree.leaves(arm.params.params)
+    alphas = jax.tree.leaves(arm.params.inner_lr)
+    assert len(alphas) == len(w0)  # one per layer (parameter array)
+    for a in alphas:
+      assert a.shape == (1, 2)  # [seeds, N steps]
+    # Trained (their own Adam at 1e-4), moved a little from 0.1.
+    assert any(not np.allclose(a, 0.1) for a in alphas)
+    assert all(np.all(np.abs(np.asarray(a) - 0.1) < 0.01) for a in alphas)
+    by_step = final['arms'][arm.name]['accuracy_by_step'][0]
+    assert len(by_step) == 4  # k = 0..3, steps past N = 2 use the last alpha
+  last = [r for r in result.rows if r['iteration'] == 2]
+  for r in last:
+    for key in ('inner_lr_mean', 'inner_lr_step0_mean', 'inner_lr_step1_mean'):
+      assert math.isfinite(r[key]), key
+  summary = (tmp_path / 'fewshot' / 'summary.md').read_text()
+  assert 'learned per_layer per step' in summary
+  assert 'Learned inner step sizes' in summary

@@ -225,8 +225,9 @@ class RunDir:
     if resume and os.path.exists(path):
       with open(path) as f:
         old = json.load(f)
-      # Where and how many processes run may change on resume.
-      ignore = {'resume', 'num_iterations', 'run_name', 'versions',
+      # Where the run folder lives (moved to another disk, say) and where
+      # and how many processes run may change on resume.
+      ignore = {'resume', 'num_iterations', 'run_name', 'workdir', 'versions',
                 'sweep_iterations', 'coordinator_address', 'num_processes',
                 'process_id', 'distributed', 'distributed_timeout',
                 'shard_tasks'}

@@ -79,6 +79,14 @@ def test_resume_rejects_changed_flags(tmp_path):
   run_launcher(mf, args)
   with pytest.raises(app.UsageError, match='inner_lr'):
     run_launcher(mf, args + ['--resume', '--inner_lr=0.02'])
+  # A run folder moved elsewhere resumes there (--workdir may change).
+  moved = tmp_path / 'moved'
+  shutil.copytree(tmp_path / mf.NAME, moved / mf.NAME)
+  run_launcher(mf, [a for a in args if not a.startswith(('--workdir', '--num_iter'))]
+               + [f'--workdir={moved}', '--num_iterations=3', '--resume'])
+  rows = load_rows(moved / mf.NAME / 'metrics.jsonl')
+  assert max(r['iteration'] for r in rows) == 3
+  shutil.rmtree(moved)
   # Without --resume a second run goes to a new folder.
   run_launcher(mf, args)
   assert sorted(os.listdir(tmp_path)) == [mf.NAME, mf.NAME + '_2']

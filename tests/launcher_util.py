@@ -64,7 +64,9 @@ def run_launcher(module, args, **kwargs):
   saved = flagsaver.save_flag_values()
   try:
     FLAGS.unparse_flags()
-    FLAGS(['prog'] + list(args))
+    rest = FLAGS(['prog'] + list(args))
+    if len(rest) > 1:  # an argument without '--' would be dropped silently
+      raise ValueError(f'not flags: {rest[1:]}')
     return module.run(['prog'], **kwargs)
   finally:
     FLAGS.unparse_flags()

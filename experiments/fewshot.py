@@ -140,7 +140,7 @@ def settings_from_flags():
   With --quick, the launcher's short preset (``QUICK``) for every flag left
   unset. Reads nothing but flags: a bad flag fails before any data is read.
   """
-  defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
+  defaults = launcher_flags.experiment_defaults(DEFAULTS, QUICK)
   if FLAGS.quick and not FLAGS['num_final_tasks'].present:
     FLAGS.num_final_tasks = QUICK['num_final_tasks']
   cfg = config.training_config(NAME, defaults)

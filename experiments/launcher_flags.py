@@ -186,6 +186,11 @@ def define_inner_lr_flags():
     '--inner_lr; not with --learn_inner_lr, --zo_inner_lr or --sweep.')
 
 
+def experiment_defaults(defaults, quick):
+  """A launcher's ``DEFAULTS``, with its ``QUICK`` preset on top under --quick."""
+  return dict(defaults, **(quick if FLAGS.quick else {}))
+
+
 def set_defaults(defaults):
   """Sets experiment defaults of flags (call before ``app.run``, for --help)."""
   for name, value in defaults.items():

@@ -141,7 +141,7 @@ def run(argv, chunk_hook=None):
   """``main`` returning the ``training.TrainResult`` (tests, notebooks)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  defaults = dict(DEFAULTS, **(QUICK if FLAGS.quick else {}))
+  defaults = launcher_flags.experiment_defaults(DEFAULTS, QUICK)
   cfg = config.training_config(NAME, defaults)
   num_test_tasks = launcher_flags.flag_or_default('num_test_tasks', defaults)
   for name, value in [(n, FLAGS[n].value) for n in (

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import types
 
 from absl import app
+from absl.testing import flagsaver
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,22 +206,14 @@ def test_quick_preset_applies_under_python_m_and_yields_to_given_flags():
   """``python -m experiments.matrix_factorization --quick``: the module's
   ``__main__`` has written DEFAULTS into the flags (for --help), and --quick
   still gives the QUICK preset for every flag the command line left unset."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
-  saved = flagsaver.save_flag_values()
-  try:
+  read = types.SimpleNamespace(run=lambda argv: config.training_config(
+      mf.NAME, launcher_flags.experiment_defaults(mf.DEFAULTS, mf.QUICK)))
+  with flagsaver.flagsaver():  # set_defaults changes the flags' defaults
     launcher_flags.set_defaults(mf.DEFAULTS)
-    defaults = dict(mf.DEFAULTS, **mf.QUICK)
-    for argv, want in [(['--quick'], mf.QUICK['num_iterations']),
-                       (['--quick', '--num_iterations=7'], 7),
-                       ([], mf.DEFAULTS['num_iterations'])]:
-      flags.FLAGS.unparse_flags()
-      flags.FLAGS(['prog'] + argv)
-      cfg = config.training_config(mf.NAME, defaults if '--quick' in argv
-                                   else mf.DEFAULTS)
-      assert cfg.num_iterations == want, argv
-      assert cfg.eval_every == (mf.QUICK if '--quick' in argv
-                                else mf.DEFAULTS)['eval_every'], argv
-  finally:
-    flags.FLAGS.unparse_flags()
-    flagsaver.restore_flag_values(saved)
+    for argv, preset, iterations in [
+        (['--quick'], mf.QUICK, mf.QUICK['num_iterations']),
+        (['--quick', '--num_iterations=7'], mf.QUICK, 7),
+        ([], mf.DEFAULTS, mf.DEFAULTS['num_iterations'])]:
+      cfg = run_launcher(read, argv)
+      assert cfg.num_iterations == iterations, argv
+      assert cfg.eval_every == preset['eval_every'], argv

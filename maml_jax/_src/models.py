@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from maml_jax._src import nn as mj_nn
+from maml_jax._src import tasks
 
 # PyTorch's default epsilon, so that a PyTorch version of the net matches.
 BATCH_NORM_EPS = 1e-5
@@ -131,7 +132,7 @@ def sine_loss(params, batch):
 # ----------------------------------------------------------------------------
 # Rank-one matrix factorization (Ji, Yang, Liang, section 5.1).
 
-MF_DIM = 20
+MF_DIM = tasks.MF_DIM  # d, the dimension of w and z
 
 
 def init_mf_params(key, dim: int = MF_DIM, dtype=jnp.float32):

@@ -168,10 +168,11 @@ def fewshot_tasks(key, images, num_tasks: int, *, ways: int, shots: int,
 
 
 # Rank-one matrix factorization (Ji, Yang, Liang, section 5.1).
+MF_DIM = 20
 MF_SIGMA = (0.0, 0.1)
 
 
-def matrix_factorization_tasks(key, num_tasks: int, *, dim: int = 20,
+def matrix_factorization_tasks(key, num_tasks: int, *, dim: int = MF_DIM,
                                num_samples: int = 1, dtype=jnp.float32):
   """Rank-one matrix factorization tasks: z ~ N(0, sigma_i^2 I_d), sigma_i ~ U(0, 0.1).
 
@@ -180,7 +181,7 @@ def matrix_factorization_tasks(key, num_tasks: int, *, dim: int = 20,
   Args:
     key: PRNG key.
     num_tasks: number of tasks.
-    dim: d, the dimension of w and z (``maml_jax.models.MF_DIM``).
+    dim: d, the dimension of w and z (``MF_DIM``, also ``maml_jax.models.MF_DIM``).
     num_samples: draws of z per batch (the loss averages over them).
     dtype: float dtype.
 

@@ -128,7 +128,8 @@ def define_training_flags():
     'evaluation, logging, checkpoint.')
   d(flags.DEFINE_boolean, 'resume', False,
     'Continue the run in <workdir>/<run_name> from its latest checkpoint '
-    '(same flags required; --num_iterations may grow).')
+    '(same flags required; --num_iterations may grow, and --workdir may '
+    'name the folder the run was moved to).')
   d(flags.DEFINE_boolean, 'remat', False,
     'Rematerialize the inner loop (less memory, more compute).')
   d(flags.DEFINE_boolean, 'sweep', False,

@@ -90,6 +90,9 @@ def test_sigterm_stops_after_the_chunk_and_resume_is_exact(tmp_path, reference):
     if iteration == 2:
       os.kill(os.getpid(), signal.SIGTERM)  # arrives while the loop runs
 
+  # What the process had before (Python's own, or SIG_IGN for a job a
+  # non-interactive shell started in the background).
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   with pytest.raises(stopping.Preempted) as stop:
     train(tmp_path, chunk_hook=preempt)
   message = str(stop.value)
@@ -98,8 +101,8 @@ def test_sigterm_stops_after_the_chunk_and_resume_is_exact(tmp_path, reference):
   run = tmp_path / 'run'
   assert rundir.Checkpointer(str(run / 'checkpoints')).latest_step() == 2
   assert max(r['iteration'] for r in rows_of(run)) == 2  # nothing logged lost
-  # The handlers are gone once the loop ends: Python's own are back.
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  # The handlers are gone once the loop ends: the process's own are back.
+  assert {s: signal.getsignal(s) for s in before} == before
   result = train(tmp_path, '--resume')
   assert_exact(run, reference, distributed_worker.flat_params(result.states))
 

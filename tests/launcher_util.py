@@ -21,13 +21,23 @@ def free_port():
     return s.getsockname()[1]
 
 
+def xla_flags(*flags_):
+  """XLA_FLAGS for a process a test starts: ``flags_`` and the session's own.
+
+  The session's compile flags (tests/conftest.py, ``MAML_JAX_TEST_XLA_FLAGS``)
+  come first, so a test's own flags can override them.
+  """
+  return ' '.join(f for f in (os.environ.get('MAML_JAX_TEST_XLA_FLAGS', ''),) + flags_
+                  if f)
+
+
 def process_env(cache=None):
   """The environment of a test's launcher processes: 2 CPU devices each.
 
   ``cache``: a persistent compilation cache folder, so that later processes
   reuse the compiled programs of earlier ones.
   """
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  env = dict(os.environ, XLA_FLAGS=xla_flags('--xla_force_host_platform_device_count=2'),
              PYTHONUNBUFFERED='1')
   if cache is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache),

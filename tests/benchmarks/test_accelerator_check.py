@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+import launcher_util
+
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -20,8 +22,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 def test_accelerator_check_quick(tmp_path):
-  env = dict(os.environ, PYTHON=sys.executable)
-  env.pop('XLA_FLAGS', None)  # the scaling part sets its own device count
+  # The machine's devices (the scaling part sets its own device count).
+  env = dict(os.environ, PYTHON=sys.executable, XLA_FLAGS=launcher_util.xla_flags())
   proc = subprocess.run(
       ['bash', 'benchmarks/accelerator_check.sh', '--quick',
        f'--out_dir={tmp_path}'], cwd=REPO, env=env, capture_output=True,

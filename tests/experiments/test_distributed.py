@@ -30,6 +30,7 @@ from experiments import rundir
 from experiments import runtime
 from experiments import sine
 from experiments import stopping
+import launcher_util
 from launcher_util import free_port
 from launcher_util import REPO
 from launcher_util import run_launcher
@@ -185,7 +186,7 @@ def test_cpu_devices_flag_exposes_devices_and_splits_the_tasks():
           'launcher_flags.define_output_flags(); flags.FLAGS(sys.argv); '
           'runtime.apply_cpu_devices(); import jax; '
           'print(jax.device_count(), runtime.task_sharding(6))')
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ, XLA_FLAGS=launcher_util.xla_flags())
   out = subprocess.run([sys.executable, '-c', code, '--cpu_devices=3'], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=120,
                        check=True).stdout

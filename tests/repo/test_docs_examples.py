@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+import launcher_util
+
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -48,7 +50,7 @@ def test_page_examples_run(page, tmp_path):
   # As a reader runs them: the repository on the path (experiments/ is a
   # folder of it), and the machine's own devices, not the 4 CPU devices
   # tests/conftest.py forces for the sharding tests.
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ, XLA_FLAGS=launcher_util.xla_flags())
   env['PYTHONPATH'] = str(REPO)
   proc = subprocess.run([sys.executable, '-c', '\n'.join(script)], cwd=tmp_path,
                         env=env, capture_output=True, text=True, timeout=600,

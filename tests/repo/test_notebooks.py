@@ -10,6 +10,8 @@ import nbclient
 import nbformat
 import pytest
 
+import launcher_util
+
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves it out
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -21,7 +23,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   # machine's own devices rather than the 4 CPU devices of tests/conftest.py.
   monkeypatch.setenv('MAML_JAX_NOTEBOOK_QUICK', '1')
   monkeypatch.setenv('PYTHONPATH', str(REPO))
-  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', launcher_util.xla_flags())
   nb = nbformat.read(REPO / 'notebooks' / 'quickstart.ipynb', as_version=4)
   committed = [c.source for c in nb.cells]
   nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',

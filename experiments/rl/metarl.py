@@ -392,9 +392,23 @@ def make_fused(meta: MetaRL, num_iterations):
 def evaluate(meta: MetaRL, params, key, *, num_tasks, num_steps):
   """Returns [num_steps + 1] on fresh tasks after 0..num_steps inner steps.
 
-  Fresh episodes (``cfg.num_episodes`` per task) at every step, as in training.
-  Also returns the goals and the positions of the episodes at every step
-  (``[num_tasks, num_steps + 1, E, T, obs_dim]``) for trajectory pictures.
+  The mean over tasks of :func:`evaluate_tasks`' returns, with its goals and
+  positions (``[num_tasks, num_steps + 1, E, T, obs_dim]``, for trajectory
+  pictures).
+  """
+  returns, goals, obs = evaluate_tasks(meta, params, key, num_tasks=num_tasks,
+                                       num_steps=num_steps)
+  return jnp.mean(returns, axis=0), goals, obs
+
+
+def evaluate_tasks(meta: MetaRL, params, key, *, num_tasks, num_steps):
+  """Per-task returns ``[num_tasks, num_steps + 1]`` after 0..num_steps steps.
+
+  Fresh episodes (``cfg.num_episodes`` per task) at every step, as in training;
+  each entry is the mean return of a task's episodes. ``key`` fixes the tasks
+  and the episodes' noise, so two parameter sets evaluated with one key face
+  the same tasks (paired comparisons). Also returns the goals and the
+  positions of the episodes at every step.
 
   The episodes are the support batches of ``mj.adaptation_curve`` run for
   K + 1 = ``num_steps`` + 1 steps: S_k is drawn at w_k, k = 0..K (the update
@@ -412,4 +426,4 @@ def evaluate(meta: MetaRL, params, key, *, num_tasks, num_steps):
     return jnp.mean(jnp.sum(episodes['rewards'], -1), axis=-1), episodes['obs']
 
   returns, obs = jax.vmap(one_task)(goals, jax.random.split(k_run, num_tasks))
-  return jnp.mean(returns, axis=0), goals, obs
+  return returns, goals, obs

@@ -19,6 +19,10 @@ ENVS = {'navigation2d': envs.navigation2d,
         'halfcheetah_vel': functools.partial(brax_envs.halfcheetah, 'vel'),
         'halfcheetah_dir': functools.partial(brax_envs.halfcheetah, 'dir')}
 BRAX_ENVS = ('halfcheetah_vel', 'halfcheetah_dir')
+# Figure file prefixes and titles.
+ENV_NAMES = {'navigation2d': ('nav2d', '2D navigation'),
+             'halfcheetah_vel': ('halfcheetah_vel', 'HalfCheetah-vel'),
+             'halfcheetah_dir': ('halfcheetah_dir', 'HalfCheetah-dir')}
 
 
 def env_kwargs(name, *, horizon=None, brax_backend='generalized'):

@@ -16,6 +16,7 @@ from absl import logging
 import numpy as np
 
 from experiments.rl import plots
+from experiments.rl import registry
 
 flags.DEFINE_list('runs', None, 'Run folders (each with metrics.jsonl).')
 flags.DEFINE_string('out', 'experiments/rl/figures', 'Output folder for the PNGs.')
@@ -40,9 +41,6 @@ def load_rows(runs, max_iteration=None):
   return rows
 
 
-ENV_NAMES = {'navigation2d': ('nav2d', '2D navigation'),
-             'halfcheetah_vel': ('halfcheetah_vel', 'HalfCheetah-vel'),
-             'halfcheetah_dir': ('halfcheetah_dir', 'HalfCheetah-dir')}
 
 
 def env_of(runs):
@@ -119,7 +117,7 @@ def plot_trajectories_from(run, algorithms, out):
 def main(argv):
   del argv
   rows = load_rows(FLAGS.runs, FLAGS.iterations)
-  prefix, env_title = ENV_NAMES[env_of(FLAGS.runs)]
+  prefix, env_title = registry.ENV_NAMES[env_of(FLAGS.runs)]
   os.makedirs(FLAGS.out, exist_ok=True)
   plots.plot_returns(rows, os.path.join(FLAGS.out, f'{prefix}_returns.png'),
                      title=f'{env_title}: return before (dashed) / after (solid)'

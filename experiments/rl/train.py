@@ -202,11 +202,14 @@ CHECKPOINTS = loop.Checkpoints(state_to_tree=_state_tree,
                                state_from_tree=_from_tree, with_wall=True)
 
 
-def load_run(path):
+def load_run(path, step=None, checkpoint_dir=None):
   """``(env, configs, settings, metas, states, step)`` of the run folder ``path``.
 
   Rebuilds the environment and algorithms from its ``config.json`` and restores
-  its latest checkpoint (``states`` stacked over seeds).
+  a checkpoint (``states`` stacked over seeds): the latest by default, or
+  ``step``; ``step=0`` is the initial state (w_0 of each seed, as training
+  started), which needs no checkpoint. ``checkpoint_dir`` (default
+  ``path/checkpoints``) reads checkpoints kept elsewhere.
   """
   with open(os.path.join(path, 'config.json')) as f:
     saved = json.load(f)
@@ -217,11 +220,19 @@ def load_run(path):
   metas = {a: metarl.build(env, c) for a, c in configs.items()}
   init_keys, train_keys = loop.seed_keys(settings['seeds'])
   states = {a: jax.vmap(m.init)(init_keys) for a, m in metas.items()}
-  checkpointer = rundir.Checkpointer(os.path.join(path, 'checkpoints'))
+  if step == 0:
+    return env, configs, settings, metas, states, 0
+  checkpoint_dir = checkpoint_dir or os.path.join(path, 'checkpoints')
+  # Read-only: keep every checkpoint there (no saves, nothing deleted).
+  checkpointer = rundir.Checkpointer(checkpoint_dir, max_to_keep=None)
   try:
-    step = checkpointer.latest_step()
     if step is None:
-      raise ValueError(f'{path} has no checkpoint yet')
+      step = checkpointer.latest_step()
+      if step is None:
+        raise ValueError(f'{checkpoint_dir} has no checkpoint yet')
+    elif step not in checkpointer.all_steps():
+      raise ValueError(f'{checkpoint_dir} has no checkpoint {step}; it has '
+                       f'{sorted(checkpointer.all_steps())}')
     states, _, _, _ = loop.restore(checkpointer, step, CHECKPOINTS, states,
                                    train_keys)
   finally:

@@ -17,6 +17,7 @@ import maml_jax as mj
 from experiments import loop
 from experiments import rundir
 from experiments.rl import envs
+from experiments.rl import evaluate
 from experiments.rl import metarl
 from experiments.rl import registry
 from experiments.rl import report
@@ -285,6 +286,43 @@ def test_launcher_runs_every_algorithm(tmp_path):
   lines = report.table(report.load_rows([str(run)])).splitlines()
   assert lines[0].count('|') == lines[1].count('|') == lines[2].count('|')
   assert len(lines) == 2 + 4
+  # Re-evaluation of chosen checkpoints (0: w_0) on the training's evaluation
+  # tasks gives the launcher's own evaluation rows, per task.
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.rl.evaluate', f'--run={run}',
+       '--checkpoints=0,2', '--algorithms=zo_maml', '--eval_tasks=2',
+       f'--eval_seed={train.EVAL_SEED}', f'--out={tmp_path / "evaluation"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  evaluation = json.load(open(tmp_path / 'evaluation' / 'evaluation.json'))
+  assert [(r['algorithm'], r['iteration']) for r in evaluation] == [('zo_maml', 0),
+                                                                  ('zo_maml', 2)]
+  for r in evaluation:
+    logged = next(x for x in rows if x['kind'] == 'eval' and x['algorithm'] == 'zo_maml'
+                  and x['iteration'] == r['iteration'])
+    np.testing.assert_allclose(r['mean'], [logged['eval_return_0'], logged['eval_return_1']],
+                               rtol=1e-4)
+    returns = np.array(r['returns'])
+    np.testing.assert_allclose(r['gain'][1], np.mean(returns[:, 1] - returns[:, 0]), rtol=1e-5)
+  assert evaluation[0]['goals'] == evaluation[1]['goals']  # the same tasks
+  assert (tmp_path / 'evaluation' / 'nav2d_adaptation.png').stat().st_size > 0
+  assert 'zo_maml | 0 | 2 |' in (tmp_path / 'evaluation' / 'evaluation.md').read_text()
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.rl.evaluate', f'--run={run}', '--checkpoints=0,7'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 2 and 'has no checkpoint 7; it has [2]' in out.stderr, out.stderr
+
+
+def test_evaluation_summary_is_paired_over_tasks():
+  returns = np.array([[-10.0, -8.0, -7.0], [-20.0, -19.0, -15.0], [-30.0, -27.0, -29.0]])
+  s = evaluate.summarize(returns)
+  np.testing.assert_allclose(s['mean'], [-20.0, -18.0, -17.0])
+  np.testing.assert_allclose(s['gain'], [0.0, 2.0, 3.0])
+  # The gain's error is that of the per-task differences, not of the means.
+  np.testing.assert_allclose(s['gain_se'][1], np.std([2.0, 1.0, 3.0], ddof=1) / np.sqrt(3))
+  np.testing.assert_allclose(s['se'][0], np.std([-10.0, -20.0, -30.0], ddof=1) / np.sqrt(3))
+  assert evaluate.standing_still('halfcheetah_vel', [0.5, 1.5], 100) == -100.0
+  assert evaluate.standing_still('navigation2d', [[0.1, 0.2]], 100) is None
 
 
 @pytest.mark.slow

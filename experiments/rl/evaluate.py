@@ -1,0 +1,242 @@
+r"""Re-evaluates a meta-RL run's checkpoints on many held-out tasks.
+
+  python -m experiments.rl.evaluate --run=/tmp/rlruns/hc_vel \
+      --checkpoints=0,500,1000 --eval_tasks=40 --out=experiments/rl/figures/hc_vel_eval
+
+The launcher evaluates on ``--eval_tasks`` tasks (10 in the CPU runs) while it
+trains, and a single evaluation on 10 tasks swings by several points. This
+evaluates chosen checkpoints (``0`` is w_0 as training started) of every
+algorithm and seed of a run on the same ``--eval_tasks`` fresh tasks, with the
+same episode noise at every checkpoint, after 0..K inner steps. Because every
+checkpoint meets the same tasks, the gain of adaptation (return after k steps
+minus before, per task) has a paired standard error over tasks.
+
+Writes ``evaluation.json`` (per algorithm, seed and checkpoint: per-task
+returns, means and standard errors), ``evaluation.md`` (the table) and
+``<env>_adaptation.png`` (return vs training iteration after 0..K steps, and
+the gain of adaptation with its standard error) into ``--out``. Checkpoints
+kept outside the run folder are read with ``--checkpoint_dir``.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from experiments import stopping
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined when run as a program only: the launcher
+  and report define some of the same names)."""
+  flags.DEFINE_string('run', None, 'Run folder of experiments.rl (config.json, checkpoints/).')
+  flags.DEFINE_string('checkpoint_dir', None,
+                      'Folder of the checkpoints (default: <run>/checkpoints).')
+  flags.DEFINE_list('checkpoints', None,
+                    'Checkpoint steps to evaluate; 0 is the initial policy '
+                    '(default: 0 and every checkpoint in --checkpoint_dir).')
+  flags.DEFINE_list('algorithms', None, 'Algorithms of the run to evaluate (default: all).')
+  flags.DEFINE_integer('eval_tasks', 40, 'Held-out tasks (the same at every checkpoint).')
+  flags.DEFINE_integer('eval_steps', None,
+                       'Inner steps K: returns after 0..K steps (default: the run\'s).')
+  flags.DEFINE_integer('eval_seed', 2026, 'Seed of the held-out tasks and episodes.')
+  flags.DEFINE_string('out', None, 'Output folder (default: <run>/evaluation).')
+
+
+def summarize(returns):
+  """Means and standard errors over tasks of per-task returns ``[tasks, K + 1]``.
+
+  ``gain[k]`` is after k steps minus before (paired per task), ``gain[0] = 0``.
+  """
+  returns = np.asarray(returns, np.float64)
+  n = returns.shape[0]
+  gain = returns - returns[:, :1]
+  se = lambda x: np.std(x, axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(x.shape[1])
+  return {'mean': np.mean(returns, 0).tolist(), 'se': se(returns).tolist(),
+          'gain': np.mean(gain, 0).tolist(), 'gain_se': se(gain).tolist()}
+
+
+def standing_still(env_name, goals, horizon):
+  """The return of a cheetah that stands still (zero velocity, zero action).
+
+  Defined for ``halfcheetah_vel`` (-horizon * mean target velocity) and
+  ``halfcheetah_dir`` (0); ``None`` for other environments.
+  """
+  if env_name == 'halfcheetah_vel':
+    return float(-horizon * np.mean(np.abs(np.asarray(goals))))
+  if env_name == 'halfcheetah_dir':
+    return 0.0
+  return None
+
+
+def table(rows):
+  """Markdown: one line per algorithm, seed and checkpoint."""
+  num_steps = len(rows[0]['mean']) - 1
+  head = (['algorithm', 'seed', 'iteration']
+          + [f'{k} steps' for k in range(num_steps + 1)]
+          + [f'gain, {k} steps' for k in range(1, num_steps + 1)])
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    cells = [r['algorithm'], str(r['seed']), str(r['iteration'])]
+    cells += [f'{m:.1f} +- {s:.1f}' for m, s in zip(r['mean'], r['se'])]
+    cells += [f'{m:+.1f} +- {s:.1f}' for m, s in zip(r['gain'][1:], r['gain_se'][1:])]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def plot(rows, path, *, title, reference=None):
+  """Return vs training iteration after 0..K steps, and the gain of adaptation."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
+  from experiments.rl import plots  # pylint: disable=g-import-not-at-top
+  fig, (ax, gx) = plt.subplots(1, 2, figsize=(10, 3.8))
+  arms = list(dict.fromkeys((r['algorithm'], r['seed']) for r in rows))
+  num_steps = len(rows[0]['mean']) - 1
+  styles = ['o-', 's--', '^:', 'd-.']
+  for algorithm, seed in arms:
+    own = sorted((r for r in rows if (r['algorithm'], r['seed']) == (algorithm, seed)),
+                 key=lambda r: r['iteration'])
+    it = np.array([r['iteration'] for r in own])
+    label = plots.LABELS.get(algorithm, algorithm) + (f', seed {seed}' if len(arms) > 1 else '')
+    for k in range(num_steps + 1):
+      mean = np.array([r['mean'][k] for r in own])
+      se = np.array([r['se'][k] for r in own])
+      line, = ax.plot(it, mean, styles[k % len(styles)], ms=3,
+                      label=f'{label}: {k} step{"s" if k != 1 else ""}')
+      ax.fill_between(it, mean - se, mean + se, color=line.get_color(), alpha=0.15,
+                      linewidth=0)
+      if k:
+        gain = np.array([r['gain'][k] for r in own])
+        gse = np.array([r['gain_se'][k] for r in own])
+        gline, = gx.plot(it, gain, styles[k % len(styles)], ms=3,
+                         label=f'{label}: {k} step{"s" if k != 1 else ""} - 0 steps')
+        gx.fill_between(it, gain - gse, gain + gse, color=gline.get_color(), alpha=0.15,
+                        linewidth=0)
+  if reference is not None:
+    ax.axhline(reference, color='gray', ls='--', lw=1, label='standing still')
+  gx.axhline(0.0, color='gray', lw=1)
+  ax.set_xlabel('meta-iteration')
+  ax.set_ylabel(f'average return, {rows[0]["num_tasks"]} held-out tasks')
+  ax.set_title(title, fontsize=9)
+  gx.set_xlabel('meta-iteration')
+  gx.set_ylabel('gain of adaptation (paired, +- s.e.)')
+  gx.set_title('return after k inner steps minus before', fontsize=9)
+  for a in (ax, gx):
+    a.grid(alpha=0.3)
+    a.legend(fontsize=7)
+  return plotting._save(fig, path)  # pylint: disable=protected-access
+
+
+def evaluate_run(run, steps, *, algorithms=None, num_tasks=40, num_steps=None,
+                 eval_seed=2026, checkpoint_dir=None):
+  """Rows (one per algorithm, seed and checkpoint step) of per-task returns.
+
+  Every checkpoint is evaluated on the same tasks with the same keys.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments.rl import metarl  # pylint: disable=g-import-not-at-top
+  from experiments.rl import train  # pylint: disable=g-import-not-at-top
+  key = jax.random.PRNGKey(eval_seed)
+  rows, compiled = [], {}
+  for step in steps:
+    _, _, settings, metas, states, _ = train.load_run(run, step, checkpoint_dir)
+    k = settings['eval_steps'] if num_steps is None else num_steps
+    for algorithm in algorithms or list(metas):
+      if algorithm not in metas:
+        raise app.UsageError(f'--algorithms: {algorithm!r} is not in {run} '
+                             f'({", ".join(metas)})')
+      if algorithm not in compiled:
+        compiled[algorithm] = jax.jit(lambda p, m=metas[algorithm]: metarl.evaluate_tasks(
+            m, p, key, num_tasks=num_tasks, num_steps=k))
+      for s, seed in enumerate(settings['seeds']):
+        start = time.time()
+        params = jax.tree.map(lambda x, s=s: x[s], states[algorithm].params)
+        returns, goals, _ = compiled[algorithm](params)
+        returns = np.asarray(returns)
+        row = {'algorithm': algorithm, 'seed': seed, 'iteration': int(step),
+               'num_tasks': num_tasks, 'eval_seed': eval_seed,
+               'returns': returns.tolist(), 'goals': np.asarray(goals).tolist(),
+               'standing_still': standing_still(settings['env'], goals,
+                                                metas[algorithm].env.horizon)}
+        row.update(summarize(returns))
+        rows.append(row)
+        logging.info('%s seed %s iteration %d: return %s, gain %s (%.1f s)', algorithm,
+                     seed, step, ' '.join(f'{m:.1f}' for m in row['mean']),
+                     ' '.join(f'{g:+.1f}+-{e:.1f}' for g, e in
+                              zip(row['gain'][1:], row['gain_se'][1:])),
+                     time.time() - start)
+  return rows
+
+
+def checkpoint_steps(run, checkpoint_dir=None):
+  """0 and every complete checkpoint step of the run, ascending."""
+  from experiments import rundir  # pylint: disable=g-import-not-at-top
+  folder = checkpoint_dir or os.path.join(run, 'checkpoints')
+  checkpointer = rundir.Checkpointer(folder, max_to_keep=None)
+  try:
+    return [0] + sorted(checkpointer.all_steps())
+  finally:
+    checkpointer.close()
+
+
+def run(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS.run or not os.path.exists(os.path.join(FLAGS.run, 'config.json')):
+    raise app.UsageError(f'--run: {FLAGS.run!r} is not a run folder (no config.json)')
+  if FLAGS.checkpoints:
+    try:
+      steps = sorted({int(s) for s in FLAGS.checkpoints})
+    except ValueError as e:
+      raise app.UsageError(f'--checkpoints: integers, got {FLAGS.checkpoints}') from e
+  else:
+    steps = checkpoint_steps(FLAGS.run, FLAGS.checkpoint_dir)
+  if FLAGS.eval_tasks < 2:
+    raise app.UsageError('--eval_tasks: at least 2 (for a standard error)')
+  from experiments.rl import registry  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(FLAGS.run, 'config.json')) as f:
+    env = json.load(f)['settings']['env']
+  if env in registry.BRAX_ENVS:  # as the launcher does, before JAX starts
+    registry.brax_envs.use_cpu_xla_workaround()
+  try:
+    rows = evaluate_run(FLAGS.run, steps, algorithms=FLAGS.algorithms,
+                        num_tasks=FLAGS.eval_tasks, num_steps=FLAGS.eval_steps,
+                        eval_seed=FLAGS.eval_seed, checkpoint_dir=FLAGS.checkpoint_dir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  out = FLAGS.out or os.path.join(FLAGS.run, 'evaluation')
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'evaluation.json'), 'w') as f:
+    json.dump(rows, f)
+  text = table(rows)
+  with open(os.path.join(out, 'evaluation.md'), 'w') as f:
+    f.write(text + '\n')
+  short, name = registry.ENV_NAMES.get(env, (env, env))
+  path = plot(rows, os.path.join(out, f'{short}_adaptation.png'),
+              title=f'{name}: {FLAGS.eval_tasks} held-out tasks, same at every checkpoint',
+              reference=rows[0]['standing_still'])
+  print(text)
+  print(f'wrote {out}/evaluation.json, evaluation.md and {path}')
+
+
+def main(argv):
+  """``run`` with a flag or input mistake as one line on stderr (exit code 2)."""
+  try:
+    run(argv)
+  except app.UsageError as e:
+    stopping.say(f'error: {e}')
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

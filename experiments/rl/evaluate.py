@@ -107,20 +107,19 @@ def plot(rows, path, *, title, reference=None):
                  key=lambda r: r['iteration'])
     it = np.array([r['iteration'] for r in own])
     label = plots.LABELS.get(algorithm, algorithm) + (f', seed {seed}' if len(arms) > 1 else '')
-    for k in range(num_steps + 1):
-      mean = np.array([r['mean'][k] for r in own])
-      se = np.array([r['se'][k] for r in own])
-      line, = ax.plot(it, mean, styles[k % len(styles)], ms=3,
-                      label=f'{label}: {k} step{"s" if k != 1 else ""}')
-      ax.fill_between(it, mean - se, mean + se, color=line.get_color(), alpha=0.15,
-                      linewidth=0)
-      if k:
-        gain = np.array([r['gain'][k] for r in own])
-        gse = np.array([r['gain_se'][k] for r in own])
-        gline, = gx.plot(it, gain, styles[k % len(styles)], ms=3,
-                         label=f'{label}: {k} step{"s" if k != 1 else ""} - 0 steps')
-        gx.fill_between(it, gain - gse, gain + gse, color=gline.get_color(), alpha=0.15,
+    def band(axis, key, k, text):
+      """A line of ``key`` (``mean``/``gain``) after k steps, +- its s.e."""
+      mean = np.array([r[key][k] for r in own])
+      se = np.array([r[key + '_se' if key == 'gain' else 'se'][k] for r in own])
+      line, = axis.plot(it, mean, styles[k % len(styles)], ms=3, label=text)
+      axis.fill_between(it, mean - se, mean + se, color=line.get_color(), alpha=0.15,
                         linewidth=0)
+
+    for k in range(num_steps + 1):
+      steps = f'{k} step{"s" if k != 1 else ""}'
+      band(ax, 'mean', k, f'{label}: {steps}')
+      if k:
+        band(gx, 'gain', k, f'{label}: {steps} - 0 steps')
   if reference is not None:
     ax.axhline(reference, color='gray', ls='--', lw=1, label='standing still')
   gx.axhline(0.0, color='gray', lw=1)

@@ -14,7 +14,10 @@ minus before, per task) has a paired standard error over tasks.
 Writes ``evaluation.json`` (per algorithm, seed and checkpoint: per-task
 returns, means and standard errors), ``evaluation.md`` (the table) and
 ``<env>_adaptation.png`` (return vs training iteration after 0..K steps, and
-the gain of adaptation with its standard error) into ``--out``. Checkpoints
+the gain of adaptation with its standard error) into ``--out``; for tasks
+given by one number (HalfCheetah's target velocity or direction) also
+``<env>_gain_by_task.png``, the gain of one step per task at the first and
+the last checkpoint. Checkpoints
 kept outside the run folder are read with ``--checkpoint_dir``.
 """
 
@@ -135,6 +138,42 @@ def plot(rows, path, *, title, reference=None):
   return plotting._save(fig, path)  # pylint: disable=protected-access
 
 
+def plot_gain_by_task(rows, path, *, title, task_label='task parameter'):
+  """Per-task gain of one inner step against the task's (scalar) parameter.
+
+  One panel per algorithm and seed, the first and the last checkpoint: where
+  the gain of adaptation lands among the tasks (on HalfCheetah-vel, the target
+  velocities far from what the pre-update policy runs at). ``None`` (nothing
+  drawn) when the tasks are not scalars (2D navigation's goals).
+  """
+  if np.asarray(rows[0]['goals']).ndim != 1 or len(rows[0]['mean']) < 2:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from experiments import plotting  # pylint: disable=g-import-not-at-top
+  from experiments.rl import plots  # pylint: disable=g-import-not-at-top
+  arms = list(dict.fromkeys((r['algorithm'], r['seed']) for r in rows))
+  fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 3.6), squeeze=False)
+  for ax, (algorithm, seed) in zip(axes[0], arms):
+    own = sorted((r for r in rows if (r['algorithm'], r['seed']) == (algorithm, seed)),
+                 key=lambda r: r['iteration'])
+    for r, style in ((own[0], dict(color='gray', marker='x')),
+                     (own[-1], dict(color='C0', marker='o'))):
+      returns = np.asarray(r['returns'])
+      gain = returns[:, 1] - returns[:, 0]
+      ax.scatter(r['goals'], gain, s=14, label=(f'iteration {r["iteration"]}: mean '
+                                                f'{np.mean(gain):+.1f}'), **style)
+    ax.axhline(0.0, color='gray', lw=1)
+    ax.set_xlabel(task_label)
+    ax.set_ylabel('return after 1 inner step minus before')
+    ax.set_title(f'{title}: {plots.LABELS.get(algorithm, algorithm)}, seed {seed}',
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  return plotting._save(fig, path)  # pylint: disable=protected-access
+
+
 def evaluate_run(run, steps, *, algorithms=None, num_tasks=40, num_steps=None,
                  eval_seed=2026, checkpoint_dir=None):
   """Rows (one per algorithm, seed and checkpoint step) of per-task returns.
@@ -223,8 +262,13 @@ def run(argv):
   path = plot(rows, os.path.join(out, f'{short}_adaptation.png'),
               title=f'{name}: {FLAGS.eval_tasks} held-out tasks, same at every checkpoint',
               reference=rows[0]['standing_still'])
+  by_task = plot_gain_by_task(
+      rows, os.path.join(out, f'{short}_gain_by_task.png'), title=name,
+      task_label={'halfcheetah_vel': 'target velocity',
+                  'halfcheetah_dir': 'direction'}.get(env, 'task parameter'))
   print(text)
-  print(f'wrote {out}/evaluation.json, evaluation.md and {path}')
+  print(f'wrote {out}/evaluation.json, evaluation.md, {path}'
+        + (f' and {by_task}' if by_task else ''))
 
 
 def main(argv):

@@ -325,6 +325,25 @@ def test_evaluation_summary_is_paired_over_tasks():
   assert evaluate.standing_still('navigation2d', [[0.1, 0.2]], 100) is None
 
 
+def test_evaluation_figures(tmp_path):
+  rng = np.random.default_rng(0)
+  def row(iteration, goals):
+    returns = rng.normal(-50.0, 5.0, (len(goals), 3))
+    return dict(algorithm='maml', seed=0, iteration=iteration, num_tasks=len(goals),
+                goals=goals, returns=returns.tolist(), **evaluate.summarize(returns))
+  velocities = rng.uniform(0.0, 2.0, 6).tolist()
+  rows = [row(0, velocities), row(100, velocities)]
+  assert os.path.getsize(evaluate.plot(rows, str(tmp_path / 'a.png'), title='t',
+                                       reference=-100.0)) > 0
+  assert os.path.getsize(evaluate.plot_gain_by_task(rows, str(tmp_path / 'g.png'),
+                                                    title='t')) > 0
+  # 2D goals (navigation) have no scalar task parameter to plot against.
+  goals_2d = rng.uniform(-0.5, 0.5, (6, 2)).tolist()
+  assert evaluate.plot_gain_by_task([row(0, goals_2d)], str(tmp_path / 'n.png'),
+                                    title='t') is None
+  assert 'maml | 0 | 100 |' in evaluate.table(rows)
+
+
 @pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(tmp_path):
   env = envs.navigation2d()

@@ -18,7 +18,9 @@ the gain of adaptation with its standard error) into ``--out``; for tasks
 given by one number (HalfCheetah's target velocity or direction) also
 ``<env>_gain_by_task.png``, the gain of one step per task at the first and
 the last checkpoint. Checkpoints
-kept outside the run folder are read with ``--checkpoint_dir``.
+kept outside the run folder are read with ``--checkpoint_dir``. Run it again
+as training goes on: checkpoints already in ``--out`` with the same settings
+are kept, and only the new ones are evaluated.
 """
 
 import json
@@ -50,7 +52,11 @@ def define_flags():
   flags.DEFINE_integer('eval_steps', None,
                        'Inner steps K: returns after 0..K steps (default: the run\'s).')
   flags.DEFINE_integer('eval_seed', 2026, 'Seed of the held-out tasks and episodes.')
-  flags.DEFINE_string('out', None, 'Output folder (default: <run>/evaluation).')
+  flags.DEFINE_string('out', None,
+                      'Output folder (default: <run>/evaluation). Its evaluation.json '
+                      'accumulates: checkpoints evaluated there before with the same '
+                      '--eval_tasks, --eval_steps and --eval_seed are reused, not re-run '
+                      '(delete the folder to start over).')
 
 
 def summarize(returns):
@@ -215,6 +221,17 @@ def evaluate_run(run, steps, *, algorithms=None, num_tasks=40, num_steps=None,
   return rows
 
 
+def previous_rows(out, algorithms, *, num_tasks, num_steps, eval_seed):
+  """The rows of ``out``/evaluation.json made with the same settings (or [])."""
+  path = os.path.join(out, 'evaluation.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = json.load(f)
+  return [r for r in rows if r['algorithm'] in algorithms and r['num_tasks'] == num_tasks
+          and r['eval_seed'] == eval_seed and len(r['mean']) == num_steps + 1]
+
+
 def checkpoint_steps(run, checkpoint_dir=None):
   """0 and every complete checkpoint step of the run, ascending."""
   from experiments import rundir  # pylint: disable=g-import-not-at-top
@@ -245,13 +262,29 @@ def run(argv):
     env = json.load(f)['settings']['env']
   if env in registry.BRAX_ENVS:  # as the launcher does, before JAX starts
     registry.brax_envs.use_cpu_xla_workaround()
+  out = FLAGS.out or os.path.join(FLAGS.run, 'evaluation')
+  with open(os.path.join(FLAGS.run, 'config.json')) as f:
+    saved = json.load(f)
+  algorithms = FLAGS.algorithms or list(saved['rl_configs'])
+  num_steps = (saved['settings']['eval_steps'] if FLAGS.eval_steps is None
+               else FLAGS.eval_steps)
+  rows = previous_rows(out, algorithms, num_tasks=FLAGS.eval_tasks,
+                       num_steps=num_steps, eval_seed=FLAGS.eval_seed)
+  done = {r['iteration'] for r in rows}
+  done = {i for i in done if {r['algorithm'] for r in rows if r['iteration'] == i}
+          >= set(algorithms)}
+  rows = [r for r in rows if r['iteration'] in done]
+  if done & set(steps):
+    logging.info('reusing the evaluations of checkpoints %s in %s',
+                 sorted(done & set(steps)), out)
   try:
-    rows = evaluate_run(FLAGS.run, steps, algorithms=FLAGS.algorithms,
-                        num_tasks=FLAGS.eval_tasks, num_steps=FLAGS.eval_steps,
-                        eval_seed=FLAGS.eval_seed, checkpoint_dir=FLAGS.checkpoint_dir)
+    rows += evaluate_run(FLAGS.run, [s for s in steps if s not in done],
+                         algorithms=algorithms, num_tasks=FLAGS.eval_tasks,
+                         num_steps=num_steps, eval_seed=FLAGS.eval_seed,
+                         checkpoint_dir=FLAGS.checkpoint_dir)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  out = FLAGS.out or os.path.join(FLAGS.run, 'evaluation')
+  rows.sort(key=lambda r: (r['iteration'], algorithms.index(r['algorithm']), r['seed']))
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'evaluation.json'), 'w') as f:
     json.dump(rows, f)

@@ -307,6 +307,14 @@ def test_launcher_runs_every_algorithm(tmp_path):
   assert evaluation[0]['goals'] == evaluation[1]['goals']  # the same tasks
   assert (tmp_path / 'evaluation' / 'nav2d_adaptation.png').stat().st_size > 0
   assert 'zo_maml | 0 | 2 |' in (tmp_path / 'evaluation' / 'evaluation.md').read_text()
+  # Run again: what --out holds with the same settings is reused, not re-run.
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.rl.evaluate', f'--run={run}', '--checkpoints=2',
+       '--algorithms=zo_maml', '--eval_tasks=2', f'--eval_seed={train.EVAL_SEED}',
+       f'--out={tmp_path / "evaluation"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0 and 'reusing the evaluations of checkpoints [2]' in out.stderr
+  assert json.load(open(tmp_path / 'evaluation' / 'evaluation.json')) == evaluation
   out = subprocess.run(
       [sys.executable, '-m', 'experiments.rl.evaluate', f'--run={run}', '--checkpoints=0,7'],
       cwd=REPO, capture_output=True, text=True, timeout=600)

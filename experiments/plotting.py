@@ -20,7 +20,7 @@ COLORS = {
 DPI = 100
 
 
-def _save(fig, path):
+def save_figure(fig, path):
   """Saves ``fig`` to ``path`` (process 0 of a multi-process run only)."""
   if rundir.is_writer():
     fig.tight_layout()
@@ -94,7 +94,7 @@ def plot_learning_curves(rows, path, *, metric='test_loss',
     ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def load_k_step_curves(kshot_json, arms=None):
@@ -153,7 +153,7 @@ def plot_k_step_curves(curves, path, *, title=None, logy=False, styles=None,
     ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_sine_fit(x, y_true, support, predictions, path, *, title=None):
@@ -183,7 +183,7 @@ def plot_sine_fit(x, y_true, support, predictions, path, *, title=None):
     ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 ESTIMATOR_STYLES = {
@@ -231,7 +231,7 @@ def plot_task_predictions(task, predictions, path, *, title, max_query=10):
                     transform=axes[r, 0].transAxes, ha='right', va='center',
                     fontsize=8)
   fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_estimator_errors(results, path, *, title=None):
@@ -287,4 +287,4 @@ def plot_estimator_errors(results, path, *, title=None):
       ax.legend(fontsize=6)
   if title:
     fig.suptitle(title, fontsize=11)
-  return _save(fig, path)
+  return save_figure(fig, path)

@@ -141,7 +141,7 @@ def plot(rows, path, *, title, reference=None):
   for a in (ax, gx):
     a.grid(alpha=0.3)
     a.legend(fontsize=7)
-  return plotting._save(fig, path)  # pylint: disable=protected-access
+  return plotting.save_figure(fig, path)
 
 
 def plot_gain_by_task(rows, path, *, title, task_label='task parameter'):
@@ -177,7 +177,7 @@ def plot_gain_by_task(rows, path, *, title, task_label='task parameter'):
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  return plotting._save(fig, path)  # pylint: disable=protected-access
+  return plotting.save_figure(fig, path)
 
 
 def evaluate_run(run, steps, *, algorithms=None, num_tasks=40, num_steps=None,

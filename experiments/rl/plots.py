@@ -38,7 +38,7 @@ def plot_returns(rows, path, *, title=None, window=10):
     ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return plotting._save(fig, path)  # pylint: disable=protected-access
+  return plotting.save_figure(fig, path)
 
 
 def finite_values(values):
@@ -82,7 +82,7 @@ def plot_eval_steps(rows, path, *, title=None):
   ax.set_title((title or '') + f' (iteration {last})', fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return plotting._save(fig, path)  # pylint: disable=protected-access
+  return plotting.save_figure(fig, path)
 
 
 def plot_trajectories(goals, obs, path, *, title=None, num_episodes=3):
@@ -116,4 +116,4 @@ def plot_trajectories(goals, obs, path, *, title=None, num_episodes=3):
       ax.legend(fontsize=6, loc='lower left')
   if title:
     fig.suptitle(title, fontsize=9)
-  return plotting._save(fig, path)  # pylint: disable=protected-access
+  return plotting.save_figure(fig, path)

@@ -173,7 +173,7 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
   run_dir.flush()
   rundir.atomic_write_text(str(tmp_path / 'summary.md'), 'text')
   fig, _ = plotting.plt.subplots()
-  plotting._save(fig, str(tmp_path / 'figure.png'))  # pylint: disable=protected-access
+  plotting.save_figure(fig, str(tmp_path / 'figure.png'))
   assert not os.listdir(tmp_path)
   monkeypatch.setattr(jax, 'process_index', lambda: 0)
   run_dir.flush()

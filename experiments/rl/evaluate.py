@@ -85,12 +85,16 @@ def standing_still(env_name, goals, horizon):
   return None
 
 
+def _steps(k):
+  return f'{k} step{"" if k == 1 else "s"}'
+
+
 def table(rows):
   """Markdown: one line per algorithm, seed and checkpoint."""
   num_steps = len(rows[0]['mean']) - 1
   head = (['algorithm', 'seed', 'iteration']
-          + [f'{k} steps' for k in range(num_steps + 1)]
-          + [f'gain, {k} steps' for k in range(1, num_steps + 1)])
+          + [_steps(k) for k in range(num_steps + 1)]
+          + [f'gain, {_steps(k)}' for k in range(1, num_steps + 1)])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     cells = [r['algorithm'], str(r['seed']), str(r['iteration'])]
@@ -125,7 +129,7 @@ def plot(rows, path, *, title, reference=None):
                         linewidth=0)
 
     for k in range(num_steps + 1):
-      steps = f'{k} step{"s" if k != 1 else ""}'
+      steps = _steps(k)
       band(ax, 'mean', k, f'{label}: {steps}')
       if k:
         band(gx, 'gain', k, f'{label}: {steps} - 0 steps')

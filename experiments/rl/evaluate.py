@@ -104,6 +104,14 @@ def table(rows):
   return '\n'.join(lines)
 
 
+def _by_arm(rows):
+  """``{(algorithm, seed): rows}``, each arm's rows by iteration, in first-seen order."""
+  arms = {}
+  for r in rows:
+    arms.setdefault((r['algorithm'], r['seed']), []).append(r)
+  return {arm: sorted(own, key=lambda r: r['iteration']) for arm, own in arms.items()}
+
+
 def plot(rows, path, *, title, reference=None):
   """Return vs training iteration after 0..K steps, and the gain of adaptation."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -112,12 +120,10 @@ def plot(rows, path, *, title, reference=None):
   from experiments import plotting  # pylint: disable=g-import-not-at-top
   from experiments.rl import plots  # pylint: disable=g-import-not-at-top
   fig, (ax, gx) = plt.subplots(1, 2, figsize=(10, 3.8))
-  arms = list(dict.fromkeys((r['algorithm'], r['seed']) for r in rows))
+  arms = _by_arm(rows)
   num_steps = len(rows[0]['mean']) - 1
   styles = ['o-', 's--', '^:', 'd-.']
-  for algorithm, seed in arms:
-    own = sorted((r for r in rows if (r['algorithm'], r['seed']) == (algorithm, seed)),
-                 key=lambda r: r['iteration'])
+  for (algorithm, seed), own in arms.items():
     it = np.array([r['iteration'] for r in own])
     label = plots.LABELS.get(algorithm, algorithm) + (f', seed {seed}' if len(arms) > 1 else '')
     def band(axis, key, k, text):
@@ -163,11 +169,9 @@ def plot_gain_by_task(rows, path, *, title, task_label='task parameter'):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from experiments import plotting  # pylint: disable=g-import-not-at-top
   from experiments.rl import plots  # pylint: disable=g-import-not-at-top
-  arms = list(dict.fromkeys((r['algorithm'], r['seed']) for r in rows))
+  arms = _by_arm(rows)
   fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 3.6), squeeze=False)
-  for ax, (algorithm, seed) in zip(axes[0], arms):
-    own = sorted((r for r in rows if (r['algorithm'], r['seed']) == (algorithm, seed)),
-                 key=lambda r: r['iteration'])
+  for ax, ((algorithm, seed), own) in zip(axes[0], arms.items()):
     for r, style in ((own[0], dict(color='gray', marker='x')),
                      (own[-1], dict(color='C0', marker='o'))):
       returns = np.asarray(r['returns'])
@@ -193,18 +197,22 @@ def evaluate_run(run, steps, *, algorithms=None, num_tasks=40, num_steps=None,
   import jax  # pylint: disable=g-import-not-at-top
   from experiments.rl import metarl  # pylint: disable=g-import-not-at-top
   from experiments.rl import train  # pylint: disable=g-import-not-at-top
+  if not steps:
+    return []
   key = jax.random.PRNGKey(eval_seed)
-  rows, compiled = [], {}
+  _, _, settings, metas, by_step = train.load_checkpoints(run, steps, checkpoint_dir)
+  k = settings['eval_steps'] if num_steps is None else num_steps
+  algorithms = algorithms or list(metas)
+  for algorithm in algorithms:
+    if algorithm not in metas:
+      raise app.UsageError(f'--algorithms: {algorithm!r} is not in {run} '
+                           f'({", ".join(metas)})')
+  compiled = {a: jax.jit(lambda p, m=metas[a]: metarl.evaluate_tasks(
+      m, p, key, num_tasks=num_tasks, num_steps=k)) for a in algorithms}
+  rows = []
   for step in steps:
-    _, _, settings, metas, states, _ = train.load_run(run, step, checkpoint_dir)
-    k = settings['eval_steps'] if num_steps is None else num_steps
-    for algorithm in algorithms or list(metas):
-      if algorithm not in metas:
-        raise app.UsageError(f'--algorithms: {algorithm!r} is not in {run} '
-                             f'({", ".join(metas)})')
-      if algorithm not in compiled:
-        compiled[algorithm] = jax.jit(lambda p, m=metas[algorithm]: metarl.evaluate_tasks(
-            m, p, key, num_tasks=num_tasks, num_steps=k))
+    states = by_step[step]
+    for algorithm in compiled:
       for s, seed in enumerate(settings['seeds']):
         start = time.time()
         params = jax.tree.map(lambda x, s=s: x[s], states[algorithm].params)
@@ -263,20 +271,19 @@ def run(argv):
     raise app.UsageError('--eval_tasks: at least 2 (for a standard error)')
   from experiments.rl import registry  # pylint: disable=g-import-not-at-top
   with open(os.path.join(FLAGS.run, 'config.json')) as f:
-    env = json.load(f)['settings']['env']
+    saved = json.load(f)
+  env = saved['settings']['env']
   if env in registry.BRAX_ENVS:  # as the launcher does, before JAX starts
     registry.brax_envs.use_cpu_xla_workaround()
   out = FLAGS.out or os.path.join(FLAGS.run, 'evaluation')
-  with open(os.path.join(FLAGS.run, 'config.json')) as f:
-    saved = json.load(f)
   algorithms = FLAGS.algorithms or list(saved['rl_configs'])
   num_steps = (saved['settings']['eval_steps'] if FLAGS.eval_steps is None
                else FLAGS.eval_steps)
   rows = previous_rows(out, algorithms, num_tasks=FLAGS.eval_tasks,
                        num_steps=num_steps, eval_seed=FLAGS.eval_seed)
-  done = {r['iteration'] for r in rows}
-  done = {i for i in done if {r['algorithm'] for r in rows if r['iteration'] == i}
-          >= set(algorithms)}
+  # A checkpoint is done if every algorithm asked for has its rows.
+  have = {(r['algorithm'], r['iteration']) for r in rows}
+  done = {i for _, i in have if all((a, i) in have for a in algorithms)}
   rows = [r for r in rows if r['iteration'] in done]
   if done & set(steps):
     logging.info('reusing the evaluations of checkpoints %s in %s',

@@ -41,8 +41,6 @@ def load_rows(runs, max_iteration=None):
   return rows
 
 
-
-
 def env_of(runs):
   """The environment of the runs (from their config.json); they must share one."""
   names = set()

@@ -211,6 +211,18 @@ def load_run(path, step=None, checkpoint_dir=None):
   started), which needs no checkpoint. ``checkpoint_dir`` (default
   ``path/checkpoints``) reads checkpoints kept elsewhere.
   """
+  env, configs, settings, metas, by_step = load_checkpoints(path, [step],
+                                                            checkpoint_dir)
+  (step, states), = by_step.items()
+  return env, configs, settings, metas, states, step
+
+
+def load_checkpoints(path, steps, checkpoint_dir=None):
+  """``(env, configs, settings, metas, {step: states})`` for several checkpoints.
+
+  As :func:`load_run` for each of ``steps`` (``None``: the latest; ``0``: the
+  initial state), with the environment and algorithms built once.
+  """
   with open(os.path.join(path, 'config.json')) as f:
     saved = json.load(f)
   settings = saved['settings']
@@ -219,25 +231,29 @@ def load_run(path, step=None, checkpoint_dir=None):
              for a, c in saved['rl_configs'].items()}
   metas = {a: metarl.build(env, c) for a, c in configs.items()}
   init_keys, train_keys = loop.seed_keys(settings['seeds'])
-  states = {a: jax.vmap(m.init)(init_keys) for a, m in metas.items()}
-  if step == 0:
-    return env, configs, settings, metas, states, 0
-  checkpoint_dir = checkpoint_dir or os.path.join(path, 'checkpoints')
-  # Read-only: keep every checkpoint there (no saves, nothing deleted).
-  checkpointer = rundir.Checkpointer(checkpoint_dir, max_to_keep=None)
-  try:
-    if step is None:
-      step = checkpointer.latest_step()
-      if step is None:
-        raise ValueError(f'{checkpoint_dir} has no checkpoint yet')
-    elif step not in checkpointer.all_steps():
-      raise ValueError(f'{checkpoint_dir} has no checkpoint {step}; it has '
-                       f'{sorted(checkpointer.all_steps())}')
-    states, _, _, _ = loop.restore(checkpointer, step, CHECKPOINTS, states,
-                                   train_keys)
-  finally:
-    checkpointer.close()
-  return env, configs, settings, metas, states, step
+  init = {a: jax.vmap(m.init)(init_keys) for a, m in metas.items()}
+  by_step = {0: init} if 0 in steps else {}
+  if any(step != 0 for step in steps):
+    checkpoint_dir = checkpoint_dir or os.path.join(path, 'checkpoints')
+    # Read-only: keep every checkpoint there (no saves, nothing deleted).
+    checkpointer = rundir.Checkpointer(checkpoint_dir, max_to_keep=None)
+    try:
+      kept = checkpointer.all_steps()
+      for step in steps:
+        if step is None:
+          step = checkpointer.latest_step()
+          if step is None:
+            raise ValueError(f'{checkpoint_dir} has no checkpoint yet')
+        elif step == 0:
+          continue
+        elif step not in kept:
+          raise ValueError(f'{checkpoint_dir} has no checkpoint {step}; it has '
+                           f'{sorted(kept)}')
+        by_step[step], _, _, _ = loop.restore(checkpointer, step, CHECKPOINTS, init,
+                                              train_keys)
+    finally:
+      checkpointer.close()
+  return env, configs, settings, metas, by_step
 
 
 def run(env, configs, settings, run_dir, *, resume=False, chunk_hook=None,
